@@ -1,0 +1,149 @@
+"""Load and validate params.yaml, and resolve the configuration of one run.
+
+The JSON schema in workflow/schemas/ is the single definition of what params.yaml may hold;
+Snakemake validates with it too. Cross-references the schema cannot express (a method named in
+`experiment` must be defined in `methods`, ...) are checked here.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DmlReproError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    text = resources.files("dmlrepro").joinpath("schema/params.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """Read, validate and return params.yaml; raise DmlReproError naming the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmlReproError(f"params file {path} not found; run from the repository root or pass --params FILE")
+    try:
+        params = yaml.safe_load(path.read_text("utf-8"))
+    except yaml.YAMLError as exc:
+        raise DmlReproError(f"{path} is not valid YAML: {exc}") from None
+    validate_params(params, source=str(path))
+    return params
+
+
+def _key_path(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _describe(error) -> str:
+    """One line per schema violation: the key, the bad value and what is allowed."""
+    key = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"{key}." if error.absolute_path else ""
+        return f"unknown key {', '.join(where + e for e in extra)}; allowed here: {', '.join(allowed)}"
+    if error.validator == "required":
+        return f"{key}: {error.message}"
+    if error.validator == "enum":
+        allowed = ", ".join(json.dumps(v) for v in error.validator_value)
+        return f"{key}: {json.dumps(error.instance)} is not allowed; choose one of: {allowed}"
+    bound = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+    if error.validator in bound:
+        return f"{key}: {json.dumps(error.instance)} is out of range; it must be {bound[error.validator]} {error.validator_value}"
+    return f"{key}: {error.message}"
+
+
+def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> None:
+    import jsonschema
+
+    validator_cls = jsonschema.validators.validator_for(schema())
+    errors = sorted(validator_cls(schema()).iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [_describe(e) for e in errors]
+    if not problems:
+        problems = _cross_reference_problems(params)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise DmlReproError(f"invalid configuration in {source}:\n{lines}")
+
+
+def _cross_reference_problems(params: dict) -> list[str]:
+    problems = []
+    exp = params["experiment"]
+    for ds in exp["datasets"]:
+        if ds not in params["datasets"]:
+            problems.append(f"experiment.datasets: {ds!r} is not defined under datasets (defined: {', '.join(params['datasets'])})")
+    for m in exp["methods"]:
+        if m not in params["methods"]:
+            problems.append(f"experiment.methods: {m!r} is not defined under methods (defined: {', '.join(params['methods'])})")
+    train = params["train"]
+    if train["batch_size"] % train["m_per_class"]:
+        problems.append(
+            f"train.batch_size: {train['batch_size']} is not a multiple of train.m_per_class ({train['m_per_class']})"
+        )
+    for e in train.get("lr_milestones", []):
+        if e >= train["epochs"]:
+            problems.append(f"train.lr_milestones: epoch {e} is not below train.epochs ({train['epochs']})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths: one function per kind of artefact, used by the CLI, the Snakefile and the tests, so the
+# three never disagree on where things live.
+
+def dataset_dir(params: dict, dataset: str) -> Path:
+    return Path(params["paths"]["data"]) / dataset
+
+
+def features_path(params: dict, dataset: str) -> Path:
+    return Path(params["paths"]["features"]) / dataset / f"{params['backbone']['name']}.npz"
+
+
+def run_dir(params: dict, dataset: str, method: str, seed: int) -> Path:
+    return Path(params["paths"]["runs"]) / dataset / params["backbone"]["name"] / method / f"seed{seed}"
+
+
+def table_paths(params: dict, paper: str, table: str) -> tuple[Path, Path]:
+    base = Path(params["paths"]["tables"]) / paper / table
+    return base.with_suffix(".md"), base.with_suffix(".csv")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def check_run(params: dict, dataset: str, method: str, seed: int | None = None) -> None:
+    if dataset not in params["datasets"]:
+        raise DmlReproError(f"dataset {dataset!r} is not defined in params.yaml (defined: {', '.join(params['datasets'])})")
+    if method not in params["methods"]:
+        raise DmlReproError(f"method {method!r} is not defined in params.yaml (defined: {', '.join(params['methods'])})")
+
+
+def run_config(params: dict, dataset: str, method: str, seed: int) -> dict:
+    """Everything that determines one run's result: its content address."""
+    check_run(params, dataset, method, seed)
+    return copy.deepcopy(
+        {
+            "dataset": dataset,
+            "dataset_cfg": params["datasets"][dataset],
+            "backbone": params["backbone"],
+            "extract": params["extract"],
+            "method": method,
+            "method_cfg": params["methods"][method],
+            "train": {k: v for k, v in params["train"].items() if k != "threads"},
+            "evaluation": params["evaluation"],
+            "seed": seed,
+        }
+    )
+
+
+def config_hash(cfg: dict) -> str:
+    canonical = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,413 @@
+"""Extract and cache frozen-backbone features for every image of a prepared dataset.
+
+Frozen-feature protocol
+-----------------------
+* Every image of every split gets one deterministic **centre view** (view 0).
+* Training images additionally get `train_views` **augmented views** (random resized crop with
+  area fraction in `crop_scale` and aspect ratio in [3/4, 4/3], then a horizontal flip with
+  probability 1/2 when `flip`), drawn from a generator seeded by (`seed`, manifest row index), so
+  re-extraction gives bit-identical arrays on the same machine, whatever the batch progress.
+* Heads are later trained on these cached features (one view drawn per sample and step), and
+  evaluated on view 0.
+
+Views (PIL only, no torchvision)
+--------------------------------
+* centre_view(img, size): an image that is already size x size (prepared glyphs) is used as it is;
+  anything else is resized so that its shorter side is size*256/224 and centre-cropped to size
+  (the usual ImageNet evaluation transform, in one resampling step).
+* augmented_view(img, size, rng, crop_scale, flip): torchvision-style RandomResizedCrop + flip.
+* Images are converted to RGB; grayscale is repeated over the channels and transparent images
+  (emoji) are composited onto white.
+
+Input size: `extract.input_size` when set, else the size of the first image in the manifest
+(which must then be square: prepared glyph images are `image_size` square).
+
+Output `.npz` (uncompressed, written atomically), for each split present in the manifest:
+  <split>_features float16 (views, n, D): views = 1 + train_views for "train", else 1
+  <split>_labels   int64 (n,)
+  <split>_rows     int64 (n,) manifest row indices (0-based data rows), in manifest order
+  meta             JSON string (0-d unicode array): backbone, weights, sizes, protocol, timing
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .atomic import atomic_path
+from .backbones import compile_for_inference, create_backbone, resolve_device, sha256_file
+from .errors import DmlReproError
+
+CENTRE_CROP_FRACTION = 224 / 256  # centre crop of an image resized to size*256/224 on its short side
+ASPECT_RANGE = (3 / 4, 4 / 3)
+TRAIN_SPLIT = "train"
+DEFAULTS = {
+    "batch_size": 64,
+    "train_views": 2,
+    "crop_scale": [0.5, 1.0],
+    "flip": True,
+    "seed": 0,
+    "threads": 2,
+    "input_size": None,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+
+def _read_manifest_csv(path: Path) -> list[dict]:
+    """Minimal reader: rows as dicts with path (str), label (int), split (str)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"path", "label", "split"} - set(reader.fieldnames or [])
+        if missing:
+            raise DmlReproError(f"{path}: manifest lacks column(s) {sorted(missing)}; re-run `dmlrepro prepare`")
+        rows = []
+        for lineno, row in enumerate(reader, start=2):
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                raise DmlReproError(f"{path}:{lineno}: label {row['label']!r} is not an integer") from None
+            rows.append({"path": row["path"], "label": label, "split": row["split"]})
+    return rows
+
+
+def _field(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, dict) else getattr(row, name)
+
+
+def read_manifest_rows(path: Path) -> list[dict]:
+    """Manifest rows as dicts {path, label, split}, in file order.
+
+    Uses dmlrepro.data.manifest.read_manifest (validation lives there) when it is available,
+    else a minimal CSV reader.
+    """
+    try:
+        from .data.manifest import read_manifest  # type: ignore[attr-defined]
+    except ImportError:
+        return _read_manifest_csv(path)
+    rows = read_manifest(path)
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame
+        rows = rows.to_dict("records")
+    return [{"path": str(_field(r, "path")), "label": int(_field(r, "label")), "split": str(_field(r, "split"))} for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Images and views
+# --------------------------------------------------------------------------------------------
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode an image as RGB (grayscale repeated, transparency composited onto white)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DmlReproError(
+            f"cannot read image {str(path)!r} ({exc}); the prepared dataset is damaged or incomplete: "
+            "re-run `dmlrepro prepare` for this dataset"
+        ) from None
+
+
+def centre_view(img: Image.Image, size: int) -> Image.Image:
+    """Deterministic evaluation view: identity for size x size images, else resize + centre crop."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    side = min(w, h) * CENTRE_CROP_FRACTION  # the crop, in source pixels
+    left, top = (w - side) / 2.0, (h - side) / 2.0
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def random_resized_box(
+    width: int, height: int, rng: np.random.Generator, scale: Sequence[float], ratio: Sequence[float] = ASPECT_RANGE
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params with numpy: (left, top, w, h) of the crop."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, w, h
+    # fallback: central crop with the aspect ratio clamped into range
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def augmented_view(
+    img: Image.Image, size: int, rng: np.random.Generator, crop_scale: Sequence[float] = (0.5, 1.0), flip: bool = True
+) -> Image.Image:
+    """Random resized crop (area fraction in crop_scale, aspect 3/4..4/3) to size x size, then a
+    horizontal flip with probability 1/2 if `flip` (the coin is drawn either way, so switching
+    `flip` off leaves the crops unchanged)."""
+    left, top, w, h = random_resized_box(img.size[0], img.size[1], rng, crop_scale)
+    out = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    if rng.random() < 0.5 and flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return out
+
+
+def view_rng(seed: int, row: int) -> np.random.Generator:
+    """The augmentation generator of one image: a function of (seed, manifest row) only."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(row)]))
+
+
+def image_views(img: Image.Image, size: int, n_aug: int, rng: np.random.Generator, crop_scale, flip) -> list[np.ndarray]:
+    """[centre view, n_aug augmented views] as uint8 (size, size, 3) arrays."""
+    views = [centre_view(img, size)]
+    views += [augmented_view(img, size, rng, crop_scale, flip) for _ in range(n_aug)]
+    return [np.asarray(v, dtype=np.uint8) for v in views]
+
+
+def to_batch(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, 3) arrays -> float32 (B, 3, H, W) 0..255 tensor in channels_last memory."""
+    nhwc = torch.from_numpy(np.stack(arrays))
+    return nhwc.permute(0, 3, 1, 2).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------
+
+
+def _extract_settings(cfg: dict) -> dict:
+    cfg = {**DEFAULTS, **{k: v for k, v in (cfg or {}).items() if v is not None or k == "input_size"}}
+    try:
+        batch_size, train_views = int(cfg["batch_size"]), int(cfg["train_views"])
+        threads, seed = int(cfg["threads"]), int(cfg["seed"])
+        crop_scale = [float(x) for x in cfg["crop_scale"]]
+    except (TypeError, ValueError) as exc:
+        raise DmlReproError(f"extract settings: {exc}; check the `extract` section of params.yaml") from None
+    if batch_size < 1:
+        raise DmlReproError(f"extract.batch_size must be >= 1, got {batch_size}")
+    if train_views < 0:
+        raise DmlReproError(f"extract.train_views must be >= 0, got {train_views}")
+    if threads < 1:
+        raise DmlReproError(f"extract.threads must be >= 1, got {threads}")
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise DmlReproError(f"extract.crop_scale must be [low, high] with 0 < low <= high <= 1, got {cfg['crop_scale']}")
+    input_size = cfg.get("input_size")
+    if input_size is not None and int(input_size) < 32:
+        raise DmlReproError(f"extract.input_size must be >= 32, got {input_size}")
+    return {
+        "batch_size": batch_size,
+        "train_views": train_views,
+        "crop_scale": crop_scale,
+        "flip": bool(cfg["flip"]),
+        "seed": seed,
+        "threads": threads,
+        "input_size": None if input_size is None else int(input_size),
+    }
+
+
+def extract_features(
+    dataset_dir: Path,
+    backbone_cfg: dict,
+    extract_cfg: dict,
+    out_path: Path,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Extract features of every manifest image into `out_path` (.npz); return a summary dict.
+
+    backbone_cfg: {name, weights}; extract_cfg: {batch_size=64, train_views=2, crop_scale=[0.5, 1],
+    flip=True, seed=0, threads=2, input_size=None}. Nothing is written unless extraction succeeds.
+    """
+    dataset_dir, out_path = Path(dataset_dir), Path(out_path)
+    manifest = dataset_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise DmlReproError(
+            f"{manifest} does not exist; prepare the dataset first (`dmlrepro prepare --dataset {dataset_dir.name}`)"
+        )
+    settings = _extract_settings(extract_cfg)
+    rows = read_manifest_rows(manifest)
+    if not rows:
+        raise DmlReproError(f"{manifest} lists no images; re-run `dmlrepro prepare --dataset {dataset_dir.name}`")
+
+    splits: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        splits.setdefault(row["split"], []).append(index)
+
+    size = settings["input_size"]
+    if size is None:
+        first = dataset_dir / rows[0]["path"]
+        w, h = load_rgb(first).size
+        if w != h:
+            raise DmlReproError(
+                f"the first image {str(first)!r} is {w}x{h}, not square, so the input size is ambiguous; "
+                "set `extract.input_size` (e.g. 224) in params.yaml"
+            )
+        size = w
+
+    device = resolve_device(device)
+    name = (backbone_cfg or {}).get("name", "efficientnet_lite0")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings["threads"])
+    try:
+        backbone = create_backbone(name, weights=(backbone_cfg or {}).get("weights"), input_size=size)
+        runner = compile_for_inference(backbone, device)
+        arrays, seconds, n_views = _run(dataset_dir, rows, splits, size, settings, backbone.feature_dim, runner, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    rate = n_views / seconds if seconds > 0 else float("nan")
+    views = {split: 1 + settings["train_views"] if split == TRAIN_SPLIT else 1 for split in splits}
+    meta = {
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "weights_sha256": backbone.weights_sha256,
+        "input_size": size,
+        "feature_dim": backbone.feature_dim,
+        "normalisation": f"(pixel - {backbone.pixel_mean:g}) / {backbone.pixel_std:g}",
+        "pooling": "global average",
+        "splits": {split: len(idx) for split, idx in splits.items()},
+        "views": views,
+        "train_views": settings["train_views"],
+        "crop_scale": settings["crop_scale"],
+        "flip": settings["flip"],
+        "seed": settings["seed"],
+        "manifest_sha256": sha256_file(manifest),
+        "dtype": "float16",
+        "batch_size": settings["batch_size"],
+        "threads": settings["threads"],
+        "device": device,
+        "inference": runner.mode,
+        "torch": torch.__version__,
+        "images_per_s": round(rate, 2),
+        "seconds": round(seconds, 3),
+    }
+    arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    with atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+            np.savez(fh, **arrays)
+
+    summary = {
+        "dataset_dir": str(dataset_dir),
+        "out_path": str(out_path),
+        "images": len(rows),
+        "views": n_views,
+        **{k: meta[k] for k in ("backbone", "input_size", "feature_dim", "splits", "device", "inference", "seconds")},
+        "views_per_split": views,
+        "images_per_s": meta["images_per_s"],
+    }
+    print(
+        f"extracted {n_views} views of {len(rows)} images with {backbone.name} at {size}px on {device} "
+        f"({runner.mode}): {rate:.1f} images/s -> {out_path}",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def _run(dataset_dir, rows, splits, size, settings, dim, runner, progress) -> tuple[dict, float, int]:
+    """Decode, view and embed every image; return the npz arrays, seconds and the number of views."""
+    from tqdm import tqdm
+
+    arrays: dict[str, np.ndarray] = {}
+    jobs: list[tuple[np.ndarray, int, int]] = []  # (feature array, view, position) per batch item
+    for split, idx in splits.items():
+        n_aug = settings["train_views"] if split == TRAIN_SPLIT else 0
+        arrays[f"{split}_features"] = np.zeros((1 + n_aug, len(idx), dim), dtype=np.float16)
+        arrays[f"{split}_labels"] = np.asarray([rows[i]["label"] for i in idx], dtype=np.int64)
+        arrays[f"{split}_rows"] = np.asarray(idx, dtype=np.int64)
+    total = sum(len(idx) * arrays[f"{s}_features"].shape[0] for s, idx in splits.items())
+
+    batch_pixels: list[np.ndarray] = []
+
+    def flush() -> None:
+        feats = runner(to_batch(batch_pixels)).numpy()
+        if not np.isfinite(feats).all():
+            raise DmlReproError("the backbone produced non-finite features; check the weights file")
+        for (target, view, pos), f in zip(jobs, feats):
+            target[view, pos] = f
+        bar.update(len(batch_pixels))
+        batch_pixels.clear()
+        jobs.clear()
+
+    start = time.perf_counter()
+    with tqdm(total=total, unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
+        for split, idx in splits.items():
+            target = arrays[f"{split}_features"]
+            n_aug = target.shape[0] - 1
+            for pos, row_index in enumerate(idx):
+                img = load_rgb(dataset_dir / rows[row_index]["path"])
+                rng = view_rng(settings["seed"], row_index)
+                for view, pixels in enumerate(image_views(img, size, n_aug, rng, settings["crop_scale"], settings["flip"])):
+                    batch_pixels.append(pixels)
+                    jobs.append((target, view, pos))
+                    if len(batch_pixels) == settings["batch_size"]:
+                        flush()
+        if batch_pixels:
+            flush()
+    return arrays, time.perf_counter() - start, total
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+class FeatureSet(dict):
+    """The arrays of a features file; a missing `<split>_...` key raises a DmlReproError."""
+
+    path: Path
+
+    def splits(self) -> list[str]:
+        return [k[: -len("_features")] for k in self if k.endswith("_features")]
+
+    def __missing__(self, key: str):
+        raise DmlReproError(
+            f"{self.path} has no {key!r}; its splits are {self.splits()} "
+            f"(re-run `dmlrepro extract --dataset {self.path.parent.name}` if the manifest changed)"
+        )
+
+
+def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> FeatureSet:
+    """Load a features file: {<split>_features (float16), <split>_labels, <split>_rows, meta (dict)}.
+
+    float32 conversion is left to the caller. `splits` lists splits that must be present.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DmlReproError(
+            f"features file {path} does not exist; run `dmlrepro extract --dataset {path.parent.name}` first"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = FeatureSet({k: data[k] for k in data.files})
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise DmlReproError(
+            f"cannot read features file {path} ({exc}); delete it and run `dmlrepro extract --dataset {path.parent.name}`"
+        ) from None
+    out.path = path
+    if "meta" in out:
+        out["meta"] = json.loads(str(out["meta"]))
+    for split in splits or ():
+        for suffix in ("features", "labels", "rows"):
+            out[f"{split}_{suffix}"]  # raises a DmlReproError naming the present splits
+    return out

@@ -1,0 +1,451 @@
+"""Metric-learning losses and miners: thin, validated wrappers around pytorch-metric-learning.
+
+Every entry of ``LOSSES`` / ``MINERS`` is one decorated factory whose docstring's first line is its
+formula (``dmlrepro list losses`` can print it). The factories never re-implement the standard
+losses: they resolve the user's ``loss_args`` / ``miner_args`` against the PML class's
+``__init__`` signature (unknown keys and wrongly typed values are a :class:`DmlReproError`),
+fill in the defaults documented below, and instantiate the PML class.
+
+Conventions shared by all entries
+---------------------------------
+* ``z`` is the head's output *before* L2 normalisation (``EmbeddingHead.forward(x, normalize=False)``)
+  and ``x = z / ||z||``. Every loss below except ``npair`` normalises internally (PML's default
+  ``LpDistance`` / ``CosineSimilarity`` have ``normalize_embeddings=True``), so feeding it ``x``
+  instead of ``z`` gives the same value and gradient. ``npair`` follows Sohn (2016) and uses the raw
+  dot product ``z_i . z_j`` plus an L2 penalty on ``||z||``: feed it raw ``z`` (or set
+  ``normalize_embeddings: true`` in its ``loss_args`` to get the cosine form).
+* ``d(i, j) = ||x_i - x_j||_2`` (Euclidean distance on the unit sphere), ``s(i, j) = x_i . x_j``.
+* Reductions are PML's: "mean over non-zero terms" (``AvgNonZeroReducer``) for contrastive and
+  triplet, mean over anchors for MS and N-pair, per-proxy means for Proxy-Anchor.
+
+Extension point (IAA, DA, SGAR come later)
+------------------------------------------
+:class:`Criterion` calls ``loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)``.
+
+* A *regulariser* (e.g. density adaptivity) wraps a base ``Criterion``::
+
+      total = base(z, y) + w * R(z, y)
+
+  and forwards ``param_groups`` / ``lr_multiplier`` of the base plus its own parameters.
+* An *augmenter* (IAA) synthesises extra embeddings and calls ``base(z, y, ref_emb=R,
+  ref_labels=yR)``: only the ``z`` rows are anchors, the rows of ``R`` are the candidate
+  positives/negatives. PML replaces (does not extend) the candidate set with ``ref_emb``, so ``R``
+  must contain the originals too, and then an anchor meets itself in ``R``: pass an explicit
+  ``indices_tuple`` (built by the augmenter, self-pairs removed) or filter the mined one. Check
+  ``Criterion.supports_ref`` first: PML's ``NPairsLoss`` and ``ProxyAnchorLoss`` reject ``ref_emb``.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+from pytorch_metric_learning import distances as pml_distances
+from pytorch_metric_learning import losses as pml_losses
+from pytorch_metric_learning import miners as pml_miners
+from pytorch_metric_learning import regularizers as pml_regularizers
+
+from .errors import DmlReproError
+from .registry import Registry
+
+__all__ = [
+    "LOSSES",
+    "MINERS",
+    "METHOD_KEYS",
+    "Criterion",
+    "build_criterion",
+    "allowed_args",
+]
+
+LOSSES: Registry = Registry("loss")
+MINERS: Registry = Registry("miner")
+
+#: Keys of a ``methods.<name>`` block that :func:`build_criterion` consumes. Later method families
+#: (regularisers, augmenters) add their own keys and strip them before calling build_criterion.
+METHOD_KEYS = ("loss", "loss_args", "miner", "miner_args", "loss_lr_multiplier")
+
+#: Constructor arguments that are PML plumbing (objects, not YAML values) or supplied by the
+#: builder itself; they are never accepted from ``loss_args`` / ``miner_args``.
+_NOT_FROM_CONFIG = {"self", "num_classes", "embedding_size"}
+
+
+# --------------------------------------------------------------------------------------------
+# Argument resolution
+# --------------------------------------------------------------------------------------------
+def _signature_defaults(cls: type) -> Dict[str, Any]:
+    """Named ``__init__`` parameters of a PML class with their defaults (``**kwargs`` excluded)."""
+    out: Dict[str, Any] = {}
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name in _NOT_FROM_CONFIG:
+            continue
+        out[p.name] = None if p.default is p.empty else p.default
+    return out
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, numbers.Real):
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def _resolve(
+    where: str,
+    user_args: Optional[Mapping[str, Any]],
+    allowed: Dict[str, Any],
+    choices: Mapping[str, Tuple[Any, ...]],
+) -> Dict[str, Any]:
+    if user_args is None:
+        user_args = {}
+    if not isinstance(user_args, Mapping):
+        raise DmlReproError(f"{where} must be a mapping of argument names to values, got {user_args!r}")
+    for key, value in user_args.items():
+        if key not in allowed:
+            raise DmlReproError(
+                f"unknown key {key!r} in {where}; allowed: {', '.join(sorted(allowed)) or '(none)'}"
+            )
+        if not _type_ok(value, allowed[key]):
+            raise DmlReproError(
+                f"{where}.{key} = {value!r} has the wrong type; expected a "
+                f"{type(allowed[key]).__name__} like the default {allowed[key]!r}"
+            )
+        if key in choices and value not in choices[key]:
+            raise DmlReproError(
+                f"{where}.{key} = {value!r} is not one of: {', '.join(map(repr, choices[key]))}"
+            )
+    return {**allowed, **dict(user_args)}
+
+
+def _entry(
+    kind: str,
+    pml_class: type,
+    *,
+    defaults: Optional[Mapping[str, Any]] = None,
+    extras: Optional[Mapping[str, Any]] = None,
+    hidden: Tuple[str, ...] = (),
+    choices: Optional[Mapping[str, Tuple[Any, ...]]] = None,
+    supports_ref: bool = True,
+    lr_multiplier: float = 1.0,
+) -> Callable[[Callable], Callable]:
+    """Turn ``fn(args, num_classes, embedding_dim) -> nn.Module`` into a validated registry entry.
+
+    ``defaults`` override the PML signature defaults with the paper's values; ``extras`` are
+    wrapper-level arguments the PML class does not have; ``hidden`` are PML arguments that are
+    deliberately not configurable here.
+    """
+    allowed = {k: v for k, v in _signature_defaults(pml_class).items() if k not in hidden}
+    unknown = set(defaults or {}) - set(allowed)
+    if unknown:  # a programming error in this module, caught at import time
+        raise TypeError(f"{pml_class.__name__} has no arguments {sorted(unknown)}")
+    allowed.update(defaults or {})
+    allowed.update(extras or {})
+
+    def decorator(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def build(user_args=None, num_classes: int = 0, embedding_dim: int = 0, *, where: str = kind):
+            return fn(_resolve(where, user_args, allowed, choices or {}), num_classes, embedding_dim)
+
+        build.pml_class = pml_class
+        build.defaults = dict(allowed)
+        build.formula = (fn.__doc__ or "").strip().splitlines()[0]
+        build.supports_ref = supports_ref
+        build.lr_multiplier = lr_multiplier
+        return build
+
+    return decorator
+
+
+def allowed_args(kind: str, name: str) -> Dict[str, Any]:
+    """The accepted ``loss_args`` (kind='loss') or ``miner_args`` (kind='miner') and their defaults."""
+    registry = LOSSES if kind == "loss" else MINERS
+    return dict(registry.get(name).defaults)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------
+@LOSSES.register("contrastive")
+@_entry("loss_args", pml_losses.ContrastiveLoss, defaults={"pos_margin": 0.0, "neg_margin": 1.0})
+def contrastive(args, num_classes, embedding_dim):
+    """Contrastive (Hadsell et al. 2006): mean_{pos, >0} [d - pos_margin]_+ + mean_{neg, >0} [neg_margin - d]_+.
+
+    Defaults pos_margin 0, neg_margin 1 (PML's; neg_margin 1 on the unit sphere is cosine 0.5, the
+    negative threshold of the IAA code's similarity-form contrastive). Hadsell et al. square the
+    hinge terms; PML (and this entry) does not.
+    """
+    return pml_losses.ContrastiveLoss(**args)
+
+
+@LOSSES.register("triplet")
+@_entry(
+    "loss_args",
+    pml_losses.TripletMarginLoss,
+    defaults={"margin": 0.2},
+    hidden=("triplets_per_anchor",),  # int values subsample with the global RNG: not reproducible
+)
+def triplet(args, num_classes, embedding_dim):
+    """Triplet (Schroff et al. 2015): mean over triplets with l > 0 of l = [d(a,p) - d(a,n) + margin]_+.
+
+    Default margin 0.2 (FaceNet's alpha; FaceNet uses squared distances, PML plain ones). All
+    triplets of the batch are used unless a miner selects some; ``swap`` uses min(d(a,n), d(p,n));
+    ``smooth_loss`` replaces the hinge by softplus.
+    """
+    return pml_losses.TripletMarginLoss(**args)
+
+
+@LOSSES.register("npair")
+@_entry(
+    "loss_args",
+    pml_losses.NPairsLoss,
+    extras={"l2_reg": 0.002, "normalize_embeddings": False},
+    supports_ref=False,
+)
+def npair(args, num_classes, embedding_dim):
+    """N-pair (Sohn 2016): mean_i CE(softmax_j(f_i . f_j+), i) + (l2_reg / 2) * mean_batch ||z||^2, one (f_i, f_i+) per class.
+
+    f = raw z (dot-product logits) unless ``normalize_embeddings`` (then f = x, cosine logits, which
+    is what PML's NPairsLoss does by default). l2_reg 0.002 is the value of the reference
+    implementations (TensorFlow ``npairs_loss`` reg_lambda, Paddle ``npair_loss`` l2_reg), whose
+    penalty 0.25 * l2_reg * (mean ||f_a||^2 + mean ||f_p||^2) equals (l2_reg / 2) * mean ||z||^2 when
+    every embedding is in a pair; here the mean runs over the whole batch. PML picks, per class,
+    the first two batch positions of that class as (anchor, positive); other images of the class
+    are unused by the N-pair term (they still get the L2 penalty). Classes with one image in the
+    batch take no part; a batch with no pair gives a zero (but differentiable) loss.
+    """
+    distance = pml_distances.DotProductSimilarity(normalize_embeddings=bool(args["normalize_embeddings"]))
+    l2_reg = float(args["l2_reg"])
+    if l2_reg < 0:
+        raise DmlReproError(f"npair loss_args.l2_reg must be >= 0, got {l2_reg}")
+    if l2_reg > 0:
+        return pml_losses.NPairsLoss(
+            distance=distance,
+            embedding_regularizer=pml_regularizers.LpRegularizer(p=2, power=2),
+            embedding_reg_weight=l2_reg / 2.0,
+        )
+    return pml_losses.NPairsLoss(distance=distance)
+
+
+@LOSSES.register("multi_similarity")
+@_entry("loss_args", pml_losses.MultiSimilarityLoss, defaults={"alpha": 2.0, "beta": 50.0, "base": 0.5})
+def multi_similarity(args, num_classes, embedding_dim):
+    """Multi-Similarity (Wang et al. 2019): mean_i [ 1/alpha log(1 + sum_P e^{-alpha (s_ik - base)}) + 1/beta log(1 + sum_N e^{beta (s_ik - base)}) ].
+
+    Defaults alpha 2, beta 50, base (lambda) 0.5 are PML's; the official MS code (and the IAA
+    paper) use beta 40. The pair selection with margin epsilon is the separate
+    ``multi_similarity`` miner. Anchors without pairs count as 0 in the mean.
+    """
+    return pml_losses.MultiSimilarityLoss(**args)
+
+
+@LOSSES.register("proxy_anchor")
+@_entry(
+    "loss_args",
+    pml_losses.ProxyAnchorLoss,
+    defaults={"margin": 0.1, "alpha": 32.0},
+    supports_ref=False,
+    lr_multiplier=100.0,
+)
+def proxy_anchor(args, num_classes, embedding_dim):
+    """Proxy-Anchor (Kim et al. 2020): 1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} e^{-alpha (s(x,p) - margin)}) + 1/|P| sum_p log(1 + sum_{x in X_p-} e^{alpha (s(x,p) + margin)}).
+
+    s = cosine similarity between embedding and proxy; P = all C proxies, P+ = proxies with a
+    positive in the batch. Defaults alpha 32, margin 0.1 and loss_lr_multiplier 100 (proxies at
+    100x the base lr) are the paper's / official code's. Proxies: C x D, Kaiming-normal (fan_out)
+    init from the torch RNG at construction (seed torch before building). Labels must be
+    0..num_classes-1.
+    """
+    if num_classes < 1 or embedding_dim < 1:
+        raise DmlReproError(
+            f"proxy_anchor needs num_classes >= 1 and embedding_dim >= 1, got {num_classes} and {embedding_dim}"
+        )
+    return pml_losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_dim, **args)
+
+
+# --------------------------------------------------------------------------------------------
+# Miners
+# --------------------------------------------------------------------------------------------
+_TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
+
+
+@MINERS.register("triplet_margin")
+@_entry(
+    "miner_args",
+    pml_miners.TripletMarginMiner,
+    defaults={"margin": 0.2, "type_of_triplets": "semihard"},
+    choices={"type_of_triplets": _TRIPLET_TYPES},
+)
+def triplet_margin(args, num_classes, embedding_dim):
+    """Triplet margin miner: keeps (a, p, n) with d(a,n) - d(a,p) <= margin (semihard: also > 0; hard: <= 0; easy: > margin).
+
+    Defaults margin 0.2 and semi-hard triplets, FaceNet's choices (PML's default type is 'all').
+    """
+    return pml_miners.TripletMarginMiner(**args)
+
+
+@MINERS.register("multi_similarity")
+@_entry("miner_args", pml_miners.MultiSimilarityMiner, defaults={"epsilon": 0.1})
+def multi_similarity_miner(args, num_classes, embedding_dim):
+    """MS miner (Wang et al. 2019): keep positive (i,k) if s_ik - epsilon < max_neg s_i; negative (i,k) if s_ik + epsilon > min_pos s_i.
+
+    Default epsilon 0.1 (the paper's).
+    """
+    return pml_miners.MultiSimilarityMiner(**args)
+
+
+@MINERS.register("batch_hard")
+@_entry("miner_args", pml_miners.BatchHardMiner)
+def batch_hard(args, num_classes, embedding_dim):
+    """Batch-hard miner (Hermans et al. 2017): one triplet per anchor: its farthest positive and its nearest negative.
+
+    No arguments.
+    """
+    return pml_miners.BatchHardMiner(**args)
+
+
+@MINERS.register("pair_margin")
+@_entry("miner_args", pml_miners.PairMarginMiner, defaults={"pos_margin": 0.2, "neg_margin": 0.8})
+def pair_margin(args, num_classes, embedding_dim):
+    """Pair margin miner: keeps positive pairs with d > pos_margin and negative pairs with d < neg_margin.
+
+    Defaults pos_margin 0.2, neg_margin 0.8 (PML's).
+    """
+    return pml_miners.PairMarginMiner(**args)
+
+
+# --------------------------------------------------------------------------------------------
+# Criterion
+# --------------------------------------------------------------------------------------------
+class Criterion(torch.nn.Module):
+    """A base loss plus an optional miner: ``criterion(z, labels) -> scalar``.
+
+    ``parameters()`` holds the loss's trainable tensors (Proxy-Anchor's proxies; empty otherwise);
+    give them ``lr * lr_multiplier`` (see :meth:`param_groups`).
+    """
+
+    def __init__(
+        self,
+        loss: torch.nn.Module,
+        miner: Optional[torch.nn.Module] = None,
+        *,
+        lr_multiplier: float = 1.0,
+        name: str = "",
+        supports_ref: bool = True,
+        num_classes: Optional[int] = None,
+    ):
+        super().__init__()
+        self.loss = loss
+        self.miner = miner
+        self.lr_multiplier = float(lr_multiplier)
+        self.name = name
+        self.supports_ref = supports_ref
+        #: labels must lie in [0, num_classes) when the loss owns per-class parameters
+        self.num_classes = num_classes
+
+    def mine(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """The miner's indices tuple, or None (all pairs / triplets) without a miner."""
+        if self.miner is None:
+            return None
+        return self.miner(embeddings, labels, ref_emb, ref_labels)
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None, indices_tuple=None):
+        """Loss of a batch. ``ref_emb``/``ref_labels``: candidate set replacing the batch (augmenters);
+        ``indices_tuple``: explicit pairs/triplets (skips the miner)."""
+        self._check(embeddings, labels, ref_emb, ref_labels)
+        if indices_tuple is None:
+            indices_tuple = self.mine(embeddings, labels, ref_emb, ref_labels)
+        return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def param_groups(self, lr: float) -> list:
+        """Optimizer parameter groups for the loss's own parameters ([] when it has none)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr * self.lr_multiplier, "name": f"loss:{self.name}"}] if params else []
+
+    def _check(self, embeddings, labels, ref_emb, ref_labels):
+        if embeddings.ndim != 2 or labels.ndim != 1 or len(labels) != len(embeddings):
+            raise ValueError(
+                f"expected embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+            )
+        if (ref_emb is None) != (ref_labels is None):
+            raise ValueError("ref_emb and ref_labels go together")
+        if ref_emb is not None and not self.supports_ref:
+            raise ValueError(f"loss {self.name!r} does not accept ref_emb/ref_labels (PML limitation)")
+        if not torch.isfinite(embeddings).all():
+            raise FloatingPointError(
+                f"non-finite embeddings reached loss {self.name!r} (diverged training?); "
+                "try a lower train.lr or loss_lr_multiplier"
+            )
+        if self.num_classes is not None and len(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(
+                    f"loss {self.name!r} needs labels in [0, {self.num_classes}), got range [{lo}, {hi}]"
+                )
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, lr_multiplier={self.lr_multiplier}"
+
+
+def build_criterion(
+    method_cfg: Mapping[str, Any], num_classes: int, embedding_dim: int, *, name: Optional[str] = None
+) -> Criterion:
+    """Build the Criterion of one ``methods.<name>`` block of params.yaml.
+
+    Keys: ``loss`` (required, a LOSSES name), ``loss_args`` (mapping, optional), ``miner``
+    (optional, a MINERS name or null), ``miner_args`` (mapping, optional, needs ``miner``),
+    ``loss_lr_multiplier`` (optional positive number; default per loss: 100 for proxy_anchor,
+    1 otherwise). ``num_classes`` = number of training classes (labels 0..C-1),
+    ``embedding_dim`` = head output size. ``name`` only improves error messages.
+    Seed torch before calling: Proxy-Anchor draws its proxies from the torch RNG.
+    """
+    where = f"methods.{name}" if name else "method"
+    if not isinstance(method_cfg, Mapping):
+        raise DmlReproError(f"{where} must be a mapping with at least a 'loss' key, got {method_cfg!r}")
+    unknown = sorted(set(method_cfg) - set(METHOD_KEYS))
+    if unknown:
+        raise DmlReproError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; allowed: {', '.join(METHOD_KEYS)}"
+        )
+    loss_name = method_cfg.get("loss")
+    if loss_name is None:
+        raise DmlReproError(f"{where} has no 'loss'; available: {', '.join(LOSSES.names())}")
+    if loss_name == "none":
+        raise DmlReproError(
+            f"{where}: loss 'none' (frozen backbone) trains nothing and has no criterion; "
+            "the trainer handles it before building one"
+        )
+    loss_entry = LOSSES.get(loss_name)
+    loss = loss_entry(method_cfg.get("loss_args"), num_classes, embedding_dim, where=f"{where}.loss_args")
+
+    miner = None
+    miner_name = method_cfg.get("miner")
+    if miner_name is not None:
+        miner = MINERS.get(miner_name)(method_cfg.get("miner_args"), num_classes, embedding_dim,
+                                       where=f"{where}.miner_args")
+    elif method_cfg.get("miner_args"):
+        raise DmlReproError(f"{where}.miner_args is set but {where}.miner is not; add a miner or drop miner_args")
+
+    lr_mult = method_cfg.get("loss_lr_multiplier", loss_entry.lr_multiplier)
+    if (
+        not isinstance(lr_mult, numbers.Real)
+        or isinstance(lr_mult, bool)
+        or not math.isfinite(lr_mult)
+        or lr_mult <= 0
+    ):
+        raise DmlReproError(f"{where}.loss_lr_multiplier must be a positive number, got {lr_mult!r}")
+
+    return Criterion(
+        loss,
+        miner,
+        lr_multiplier=float(lr_mult),
+        name=str(loss_name),
+        supports_ref=loss_entry.supports_ref,
+        num_classes=getattr(loss, "num_classes", None),
+    )

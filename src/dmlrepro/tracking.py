@@ -1,0 +1,123 @@
+"""MLflow record of every run: one experiment per paper table, one MLflow run per (row, dataset, seed).
+
+MLflow is imported lazily (its import costs over a second). All writes go through one file lock,
+so parallel jobs never create the sqlite schema concurrently (which corrupts it) nor contend for
+its write lock. A rerun of an unchanged configuration finds its finished MLflow run by tag and
+adds nothing; a run left unfinished by a killed job is deleted and logged again.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+from .config import run_config, run_dir
+from .tables import RunRef, load_table, table_runs
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    db = _sqlite_file(uri)
+    if db is None:  # a server store serialises writes itself
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def init_store(uri: str) -> None:
+    """Create the tracking store once (schema migrations), before parallel jobs start."""
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(uri):
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def _metric_name(split: str, metric: str) -> str:
+    return f"{split}_{metric.replace('@', '_at_')}"  # '@' is not allowed in MLflow metric names
+
+
+def _run_payload(params: dict, ref: RunRef):
+    from mlflow.entities import Metric, Param
+
+    folder = run_dir(params, ref.dataset, ref.method, ref.seed)
+    metrics = json.loads((folder / "metrics.json").read_text("utf-8"))
+    history = json.loads((folder / "history.json").read_text("utf-8"))
+    mlflow_params = [Param(k[:250], v[:6000]) for k, v in
+                     flatten(run_config(params, ref.dataset, ref.method, ref.seed)).items()]
+    values = []
+    for entry in history["epochs"]:
+        step = entry["epoch"]
+        if entry.get("loss") is not None:
+            values.append(Metric("train_loss", entry["loss"], 0, step))
+        values += [Metric(_metric_name("val", k), v, 0, step) for k, v in entry["val"].items()]
+    for split in ("val", "test", "test_last_epoch"):
+        values += [Metric(_metric_name(f"final_{split}", k), v, 0, 0) for k, v in metrics[split].items()]
+    values.append(Metric("best_epoch", metrics["best_epoch"], 0, 0))
+    return metrics["config_hash"], mlflow_params, values
+
+
+def log_table(params: dict, ref: str) -> int:
+    """Log every run of table `ref` (PAPER/TABLE) to its experiment; return how many MLflow runs were created."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    uri = params["mlflow"]["tracking_uri"]
+    paper, name, table = load_table(params, ref)
+    commit = git_commit()
+    labels = {r["method"]: r["label"].replace("'", "") for r in table["rows"]}
+    created = 0
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(ref)
+        exp_id = exp.experiment_id if exp else client.create_experiment(ref, tags={"paper": paper, "table": name})
+        for run_ref in table_runs(params, table):
+            cfg_hash, mlflow_params, values = _run_payload(params, run_ref)
+            row = labels[run_ref.method]
+            existing = client.search_runs([exp_id], f"tags.config_hash = '{cfg_hash}' and tags.row = '{row}'")
+            if any(r.info.status == "FINISHED" for r in existing):
+                continue
+            for stale in existing:  # left unfinished by a killed job
+                client.delete_run(stale.info.run_id)
+            tags = {"paper": paper, "table": name, "row": row, "method": run_ref.method,
+                    "dataset": run_ref.dataset, "seed": str(run_ref.seed), "git_commit": commit,
+                    "config_hash": cfg_hash,
+                    "mlflow.runName": f"{run_ref.method}/{run_ref.dataset}/seed{run_ref.seed}"}
+            run_id = client.create_run(exp_id, tags=tags).info.run_id
+            client.log_batch(run_id, params=mlflow_params)
+            for i in range(0, len(values), 1000):
+                client.log_batch(run_id, metrics=values[i : i + 1000])
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            created += 1
+    return created

@@ -1,0 +1,188 @@
+"""Train an embedding head on cached backbone features.
+
+Honest protocol: the best epoch is the one with the best validation score (a class-disjoint
+split carved from the training classes); the last epoch is kept too. A checkpoint is written
+after every epoch, outside the declared outputs, so a killed run resumes where it stopped and,
+because every random draw is a function of (seed, epoch), ends with the same metrics.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import atomic
+from .config import config_hash, run_config
+from .errors import DmlReproError
+from .evaluation import evaluate_retrieval
+from .features import load_features
+from .heads import EmbeddingHead, IdentityHead
+from .losses import build_criterion
+from .sampler import MPerClassBatchSampler
+
+CHECKPOINT_VERSION = 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_head(kind: str, in_dim: int, out_dim: int) -> torch.nn.Module:
+    return IdentityHead() if kind == "identity" else EmbeddingHead(in_dim, out_dim)
+
+
+@torch.no_grad()
+def embed(head: torch.nn.Module, features: np.ndarray, device: str, batch: int = 4096) -> np.ndarray:
+    """Embed float16 features (n, D) in batches; returns float32 L2-normalised embeddings."""
+    head.eval()
+    out = [
+        head(torch.from_numpy(features[i : i + batch].astype(np.float32)).to(device)).cpu().numpy()
+        for i in range(0, len(features), batch)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, cfg_hash: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn file cannot happen (atomic writes), but be explicit if it does
+        print(f"warning: ignoring unreadable checkpoint {path}: {exc}", file=sys.stderr)
+        return None
+    if state.get("config_hash") != cfg_hash or state.get("version") != CHECKPOINT_VERSION:
+        return None
+    return state
+
+
+def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path, device: str) -> dict:
+    """Train one (dataset, method, seed) run; write model.pt and history.json into out_dir."""
+    cfg = run_config(params, dataset, method, seed)
+    cfg_hash = config_hash(cfg)
+    tcfg, mcfg = cfg["train"], cfg["method_cfg"]
+    torch.set_num_threads(params["train"].get("threads", 1))
+    feats = load_features(Path(params["paths"]["features"]) / dataset / f"{params['backbone']['name']}.npz")
+    train_x, train_y = feats["train_features"], feats["train_labels"]
+    val_x, val_y = feats["val_features"][0], feats["val_labels"]
+    in_dim = train_x.shape[-1]
+    out_dim = tcfg["embedding_dim"]
+
+    seed_everything(seed)
+    if mcfg["loss"] == "none":
+        head = make_head("identity", in_dim, in_dim)
+        val = evaluate_retrieval(embed(head, val_x, device), val_y, ks=cfg["evaluation"]["ks"], compute_nmi=False)
+        model = {"head_kind": "identity", "in_dim": in_dim, "out_dim": in_dim, "best_state": {}, "last_state": {},
+                 "best_epoch": 0, "last_epoch": 0}
+        history = {"config_hash": cfg_hash, "epochs": [{"epoch": 0, "loss": None, "val": val}], "best_epoch": 0}
+        return _finish(out_dir, model, history, cfg, cfg_hash)
+
+    classes, train_targets = np.unique(train_y, return_inverse=True)  # proxies need labels 0..C-1
+    head = make_head("linear", in_dim, out_dim).to(device)
+    criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim).to(device)
+    groups = [{"params": head.parameters(), "lr": tcfg["lr"]}]
+    loss_params = [p for p in criterion.parameters() if p.requires_grad]
+    if loss_params:
+        groups.append({"params": loss_params, "lr": tcfg["lr"] * mcfg.get("loss_lr_multiplier", 1.0)})
+    opt_cls = torch.optim.AdamW if tcfg.get("optimizer", "adam") == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(groups, weight_decay=tcfg.get("weight_decay", 0.0))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=tcfg.get("lr_milestones", []), gamma=tcfg.get("lr_gamma", 0.1)
+    )
+    sampler = MPerClassBatchSampler(
+        train_targets, tcfg["m_per_class"], tcfg["batch_size"], tcfg["iterations_per_epoch"], seed
+    )
+    selection = tcfg.get("selection_metric", "recall@1")
+
+    ckpt_path = Path(params["paths"]["checkpoints"]) / f"{cfg_hash}.pt"
+    state = _load_checkpoint(ckpt_path, cfg_hash)
+    if state is not None:
+        head.load_state_dict(state["head"])
+        criterion.load_state_dict(state["criterion"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best = state["history"], state["best"]
+        start = state["epoch"] + 1
+        print(f"resuming {dataset}/{method}/seed{seed} from epoch {start} ({ckpt_path})", file=sys.stderr)
+    else:
+        history = {"config_hash": cfg_hash, "epochs": []}
+        best = {"epoch": 0, "score": -1.0, "state": None}
+        start = 1
+
+    n_views = train_x.shape[0]
+    targets = torch.from_numpy(train_targets).long()
+    for epoch in range(start, tcfg["epochs"] + 1):
+        t0 = time.time()
+        head.train()
+        sampler.set_epoch(epoch)
+        view_rng = np.random.default_rng([seed, epoch, 1])  # which augmented view each sample uses
+        losses = []
+        for batch in sampler:
+            idx = np.asarray(batch)
+            views = view_rng.integers(0, n_views, size=len(idx))
+            x = torch.from_numpy(train_x[views, idx].astype(np.float32)).to(device)
+            loss = criterion(head(x), targets[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        scheduler.step()
+        val = evaluate_retrieval(embed(head, val_x, device), val_y, ks=cfg["evaluation"]["ks"], compute_nmi=False)
+        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+                 "val": val, "seconds": round(time.time() - t0, 3)}
+        history["epochs"].append(entry)
+        if val[selection] > best["score"]:
+            best = {"epoch": epoch, "score": val[selection], "state": copy.deepcopy(head.state_dict())}
+        print(f"epoch {epoch}/{tcfg['epochs']} loss {entry['loss']:.4f} val {selection} {val[selection]:.4f}",
+              file=sys.stderr)
+        _save_checkpoint(ckpt_path, {
+            "version": CHECKPOINT_VERSION, "config_hash": cfg_hash, "epoch": epoch,
+            "head": head.state_dict(), "criterion": criterion.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": history, "best": best,
+        })
+        if os.environ.get("DMLREPRO_STOP_AFTER_EPOCH") == str(epoch):  # lets tests simulate a killed job
+            raise SystemExit(f"stopping after epoch {epoch} as DMLREPRO_STOP_AFTER_EPOCH asks")
+
+    history["best_epoch"] = best["epoch"]
+    model = {"head_kind": "linear", "in_dim": in_dim, "out_dim": out_dim,
+             "best_state": best["state"], "last_state": head.state_dict(),
+             "best_epoch": best["epoch"], "last_epoch": tcfg["epochs"]}
+    summary = _finish(out_dir, model, history, cfg, cfg_hash)
+    ckpt_path.unlink(missing_ok=True)  # the run is complete; its resume state is no longer needed
+    return summary
+
+
+def _finish(out_dir: Path, model: dict, history: dict, cfg: dict, cfg_hash: str) -> dict:
+    model.update({"config": cfg, "config_hash": cfg_hash})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(model, tmp)
+    atomic.write_json(out_dir / "history.json", history)
+    return {"config_hash": cfg_hash, "best_epoch": model["best_epoch"], "out_dir": str(out_dir)}
+
+
+def load_model(path: Path) -> dict:
+    if not path.exists():
+        raise DmlReproError(f"trained model {path} not found; run `dmlrepro train` for this run first")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def head_from_model(model: dict, which: str = "best") -> torch.nn.Module:
+    head = make_head(model["head_kind"], model["in_dim"], model["out_dim"])
+    state = model[f"{which}_state"]
+    if state:
+        head.load_state_dict(state)
+    return head

@@ -1,0 +1,16 @@
+rule evaluate:
+    input:
+        FEATURES,
+        f"{RUN}/model.pt",
+    output:
+        f"{RUN}/metrics.json",
+    params:
+        evaluation=config["evaluation"],
+    log:
+        f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.tsv"
+    threads: 1
+    shell:
+        "dmlrepro --params {PARAMS_FILE} evaluate --dataset {wildcards.dataset}"
+        " --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
