@@ -1,0 +1,113 @@
+"""Class-balanced ("m per class") batch sampling, reproducible per (seed, epoch).
+
+PML's ``MPerClassSampler`` draws from the global RNG, so a run resumed at epoch k would not replay
+the batches an uninterrupted run sees. This sampler derives a fresh ``numpy.random.Generator``
+from ``(seed, epoch)`` every time it is iterated: the batches of epoch k are a pure function of
+(labels, m_per_class, batch_size, iterations, seed, k).
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DmlReproError
+
+__all__ = ["MPerClassBatchSampler"]
+
+
+class MPerClassBatchSampler(torch.utils.data.Sampler):
+    """Yields ``iterations`` batches (lists of int indices into ``labels``) per epoch.
+
+    Each batch holds ``batch_size // m_per_class`` distinct classes with ``m_per_class`` indices
+    each, grouped by class (the m indices of a class are consecutive).
+
+    * Classes are taken from a stream of random permutations of all classes, so over an epoch every
+      class is drawn equally often (up to one): a batch that straddles two permutations never
+      repeats a class (the classes it already holds are moved to the back of the new permutation).
+    * Within a class, m distinct indices are drawn without replacement; a class with fewer than m
+      indices contributes all of them (shuffled) and fills the rest by drawing with replacement
+      from its own indices, so single-image classes give m copies of their image.
+
+    Use as ``DataLoader(ds, batch_sampler=sampler)`` and call ``set_epoch(epoch)`` before each epoch.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence,
+        m_per_class: int,
+        batch_size: int,
+        iterations: int,
+        seed: int = 0,
+    ):
+        labels = labels.cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
+        if labels.ndim != 1 or len(labels) == 0:
+            raise DmlReproError(f"sampler needs a non-empty 1-D list of labels, got shape {labels.shape}")
+        for name, value, low in (("m_per_class", m_per_class, 1), ("batch_size", batch_size, 1),
+                                 ("iterations", iterations, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise DmlReproError(f"train.{name} must be an integer >= {low}, got {value!r}")
+        if batch_size % m_per_class != 0:
+            lower = batch_size - batch_size % m_per_class
+            raise DmlReproError(
+                f"train.batch_size ({batch_size}) must be a multiple of train.m_per_class ({m_per_class}); "
+                f"use batch_size {lower or m_per_class} or {lower + m_per_class}, or change m_per_class"
+            )
+        self.classes, inverse = np.unique(labels, return_inverse=True)
+        self.classes_per_batch = batch_size // m_per_class
+        if self.classes_per_batch > len(self.classes):
+            raise DmlReproError(
+                f"train.batch_size {batch_size} with train.m_per_class {m_per_class} needs "
+                f"{self.classes_per_batch} distinct classes per batch, but the training labels have only "
+                f"{len(self.classes)} classes; lower batch_size to at most "
+                f"{len(self.classes) * m_per_class} or raise m_per_class to at least "
+                f"{-(-batch_size // len(self.classes))} (keeping batch_size a multiple of it)"
+            )
+        order = np.argsort(inverse, kind="stable")
+        counts = np.bincount(inverse, minlength=len(self.classes))
+        #: indices of each class (position k holds the indices whose label is self.classes[k])
+        self.class_indices: List[np.ndarray] = np.split(order, np.cumsum(counts)[:-1])
+        self.m_per_class = int(m_per_class)
+        self.batch_size = int(batch_size)
+        self.iterations = int(iterations)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self.batches(self.epoch))
+
+    def batches(self, epoch: int) -> List[List[int]]:
+        """All batches of ``epoch`` (independent of ``set_epoch``)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch)]))
+        n_classes, k, m = len(self.classes), self.classes_per_batch, self.m_per_class
+        perm, pos = rng.permutation(n_classes), 0
+        out: List[List[int]] = []
+        for _ in range(self.iterations):
+            if pos + k <= n_classes:
+                chosen = perm[pos:pos + k]
+                pos += k
+            else:
+                head = perm[pos:]
+                perm = rng.permutation(n_classes)
+                taken = np.isin(perm, head)
+                perm = np.concatenate([perm[~taken], perm[taken]])
+                need = k - len(head)
+                chosen = np.concatenate([head, perm[:need]])
+                pos = need
+            batch: List[int] = []
+            for c in chosen:
+                idx = self.class_indices[c]
+                if len(idx) >= m:
+                    pick = rng.choice(idx, size=m, replace=False)
+                else:
+                    pick = np.concatenate([rng.permutation(idx), rng.choice(idx, size=m - len(idx), replace=True)])
+                batch.extend(int(i) for i in pick)
+            out.append(batch)
+        return out
