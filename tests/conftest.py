@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny, self-contained copy of the workflow on a Latin-letter glyphs fixture.
+
+No CJK fonts are needed: the DejaVu family every machine here has gives a handful of real
+designs, and the glyphs loader is script-agnostic.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
+FIXTURE_FONTS = ["DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf",
+                 "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSans-Oblique.ttf",
+                 "DejaVuSerif-Italic.ttf"]
+FIXTURE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghijnqrt"
+
+
+def fixture_fonts() -> list[str]:
+    fonts = [str(DEJAVU / f) for f in FIXTURE_FONTS if (DEJAVU / f).exists()]
+    if len(fonts) < 4:
+        pytest.skip("the DejaVu fonts (Debian package fonts-dejavu-core) are needed for the glyphs fixture")
+    return fonts
+
+
+def tiny_params(methods=("frozen", "contrastive", "triplet", "npair", "multi_similarity", "proxy_anchor"),
+                seeds=(0, 1)) -> dict:
+    """params.yaml of the repository, shrunk to a seconds-long run."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"] = {"glyphs": {
+        "kind": "glyphs", "fonts": fixture_fonts(), "characters": FIXTURE_CHARS, "image_size": 40,
+        "val_fraction": 0.25, "max_classes": None, "min_designs": 4, "duplicate_threshold": 0.98,
+    }}
+    params["extract"].update({"batch_size": 32, "train_views": 1, "threads": 1})
+    params["train"].update({"epochs": 2, "iterations_per_epoch": 3, "batch_size": 16, "m_per_class": 4,
+                            "lr_milestones": [1], "threads": 1})
+    params["experiment"] = {"datasets": ["glyphs"], "methods": list(methods), "seeds": list(seeds)}
+    return params
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # dmlrepro, snakemake, dvc
+    env.setdefault("GIT_AUTHOR_NAME", "dmlrepro-tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@example.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "dmlrepro-tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@example.invalid")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cmd, cwd, check=True, env=None, timeout=900):
+    result = subprocess.run(cmd, cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def make_workspace(path: Path, params: dict) -> Path:
+    """Copy the workflow into `path` as a fresh git + DVC repository with the given params."""
+    for name in ("Snakefile", "dvc.yaml"):
+        shutil.copy(REPO / name, path / name)
+    shutil.copytree(REPO / "workflow", path / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    # dvc.yaml's deps name the package sources: give the workspace the same tree
+    shutil.copytree(REPO / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / ".gitignore", path / ".gitignore")
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], path)
+    run(["dvc", "init", "-q"], path)
+    run(["dvc", "config", "core.analytics", "false"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-qm", "workspace"], path)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    return make_workspace(tmp_path, tiny_params())
