@@ -91,11 +91,8 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
 
     classes, train_targets = np.unique(train_y, return_inverse=True)  # proxies need labels 0..C-1
     head = make_head("linear", in_dim, out_dim).to(device)
-    criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim).to(device)
-    groups = [{"params": head.parameters(), "lr": tcfg["lr"]}]
-    loss_params = [p for p in criterion.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "lr": tcfg["lr"] * mcfg.get("loss_lr_multiplier", 1.0)})
+    criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim, name=method).to(device)
+    groups = [{"params": head.parameters(), "lr": tcfg["lr"]}] + criterion.param_groups(tcfg["lr"])
     opt_cls = torch.optim.AdamW if tcfg.get("optimizer", "adam") == "adamw" else torch.optim.Adam
     optimizer = opt_cls(groups, weight_decay=tcfg.get("weight_decay", 0.0))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -133,7 +130,8 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
             idx = np.asarray(batch)
             views = view_rng.integers(0, n_views, size=len(idx))
             x = torch.from_numpy(train_x[views, idx].astype(np.float32)).to(device)
-            loss = criterion(head(x), targets[idx].to(device))
+            # raw z: losses that need the unit sphere normalise inside; N-pair uses the raw dot product
+            loss = criterion(head(x, normalize=False), targets[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
