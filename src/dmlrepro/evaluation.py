@@ -41,7 +41,8 @@ def evaluate_retrieval(
             neighbours. With them, queries are searched in the gallery (In-Shop) and nothing
             is excluded.
         ks: the K of Recall@K; each must be at most the size of the search set.
-        chunk_size: number of queries searched at once (memory ~ chunk_size * k * 12 bytes).
+        chunk_size: most queries searched at once (memory ~ chunk_size * k * 40 bytes; fewer
+            when k is large, so that one chunk holds at most ~16M neighbours).
         compute_nmi: run k-means for NMI. False skips it (and omits the "nmi" key), for
             cheap per-epoch validation.
 
@@ -62,10 +63,13 @@ def evaluate_retrieval(
         normalised query embeddings into as many clusters as distinct query labels, then
         normalized mutual information (arithmetic-mean normalisation, as scikit-learn).
 
-    Ties: neighbours are ranked by decreasing similarity (faiss float32 inner products),
-        ties broken by increasing index in the search set, also at the k-th position, where
-        the tied rows are resolved exactly with a range search. Faiss alone does not
-        guarantee this order.
+    Ties: neighbours are ranked by decreasing similarity (float32 inner products computed
+        by faiss), exact ties broken by increasing index in the search set, also among items
+        tied at the k-th position (faiss alone returns an arbitrary subset of those, in no
+        set order; such rows are re-ranked exactly from all their similarities). Exact
+        duplicates are therefore ordered by index. Similarities that differ only in the last
+        float32 bits are not ties: their order follows faiss's rounding, which can depend on
+        its kernel choice (by batch size, hence chunk_size) and could flip such near-ties.
     """
     q = _as_embeddings(query, "query")
     ql = _as_labels(query_labels, "query_labels", len(q))
@@ -104,9 +108,10 @@ def evaluate_retrieval(
     first_hit = np.empty(len(q), dtype=np.int64)  # rank of the first correct neighbour (k: none)
     r_prec = np.zeros(len(q))
     ap_r = np.zeros(len(q))
-    for start in range(0, len(q), chunk_size):
-        stop = min(start + chunk_size, len(q))
-        nn = _search(index, q[start:stop], k + loo)
+    step = max(1, min(chunk_size, (1 << 24) // (k + 1)))  # at most ~16M neighbours at once
+    for start in range(0, len(q), step):
+        stop = min(start + step, len(q))
+        nn = _search(index, g, q[start:stop], k + loo)
         if loo:
             nn = _drop_self(nn, np.arange(start, stop))
         hits = g_cls[nn] == q_cls[start:stop, None]
@@ -169,18 +174,21 @@ def _entropy(counts: np.ndarray) -> float:
     return float(-np.sum(p * np.log(p)))
 
 
-def _search(index: faiss.IndexFlatIP, x: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k nearest items of each row, ordered by (-similarity, index)."""
+def _search(index: faiss.IndexFlatIP, gallery: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k nearest gallery items of each row, ordered by (-similarity, index)."""
     n = index.ntotal
     m = min(k + 1, n)  # one extra neighbour reveals ties straddling the k-th position
     sims, idx = index.search(x, m)
     if m > k:
-        for row in np.flatnonzero(sims[:, k - 1] == sims[:, k]):
-            # Every item as similar as the k-th one, then the k best by (-similarity, index).
-            radius = np.nextafter(sims[row, k - 1], np.float32(-np.inf))
-            _, s_row, i_row = index.range_search(x[row : row + 1], float(radius))
-            order = np.lexsort((i_row, -s_row))[:k]
-            sims[row, :k], idx[row, :k] = s_row[order], i_row[order]
+        # Faiss keeps an arbitrary subset of the items tied at the k-th position: rank those
+        # rows exactly, from all their similarities (numpy, a few rows at a time).
+        rows = np.flatnonzero(sims[:, k - 1] == sims[:, k])
+        for start in range(0, len(rows), 64):
+            block = rows[start : start + 64]
+            for row, s in zip(block, x[block] @ gallery.T):
+                cand = np.flatnonzero(s >= np.partition(s, n - k)[n - k])
+                best = cand[np.argsort(-s[cand], kind="stable")[:k]]
+                sims[row, :k], idx[row, :k] = s[best], best
         sims, idx = sims[:, :k], idx[:, :k]
     tied = np.flatnonzero((sims[:, 1:] == sims[:, :-1]).any(axis=1))
     if len(tied):  # faiss does not order equal similarities by index: re-sort those rows
@@ -217,7 +225,8 @@ def _as_embeddings(x: Any, name: str) -> np.ndarray:
     x[extreme] /= amax[extreme, None]
     x = x.astype(np.float32, copy=False)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
-    x /= np.where(norm > 0, norm, 1.0)
+    # Rows already of unit norm (to float32 rounding) are kept bit for bit: idempotent.
+    x /= np.where((norm > 0) & (np.abs(norm - 1) > 1e-6), norm, 1.0)
     return x
 
 

@@ -7,8 +7,10 @@ Frozen-feature protocol
   area fraction in `crop_scale` and aspect ratio in [3/4, 4/3], then a horizontal flip with
   probability 1/2 when `flip`), drawn from a generator seeded by (`seed`, manifest row index), so
   re-extraction gives bit-identical arrays on the same machine, whatever the batch progress.
-* Heads are later trained on these cached features (one view drawn per sample and step), and
-  evaluated on view 0.
+* Heads are trained on these cached features (the trainer picks among a training image's views)
+  and evaluated on view 0.
+* The manifest is read and validated by dmlrepro.data.manifest.read_manifest (absolute image
+  paths allowed); every listed image must exist before the backbone is even built.
 
 Views (PIL only, no torchvision)
 --------------------------------
@@ -30,13 +32,12 @@ Output `.npz` (uncompressed, written atomically), for each split present in the 
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,41 +66,21 @@ DEFAULTS = {
 # --------------------------------------------------------------------------------------------
 
 
-def _read_manifest_csv(path: Path) -> list[dict]:
-    """Minimal reader: rows as dicts with path (str), label (int), split (str)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"path", "label", "split"} - set(reader.fieldnames or [])
-        if missing:
-            raise DmlReproError(f"{path}: manifest lacks column(s) {sorted(missing)}; re-run `dmlrepro prepare`")
-        rows = []
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise DmlReproError(f"{path}:{lineno}: label {row['label']!r} is not an integer") from None
-            rows.append({"path": row["path"], "label": label, "split": row["split"]})
-    return rows
+def read_manifest_rows(dataset_dir: Path) -> tuple[list[dict], dict[str, list[int]], Path]:
+    """Validated manifest rows {path (resolved), label, split} in file order, the row indices of
+    each split (splits in dmlrepro.data.manifest.SPLITS order), and the manifest file.
 
-
-def _field(row: Any, name: str) -> Any:
-    return row[name] if isinstance(row, dict) else getattr(row, name)
-
-
-def read_manifest_rows(path: Path) -> list[dict]:
-    """Manifest rows as dicts {path, label, split}, in file order.
-
-    Uses dmlrepro.data.manifest.read_manifest (validation lives there) when it is available,
-    else a minimal CSV reader.
+    Every listed image must exist (checked up front, before the backbone is built).
     """
-    try:
-        from .data.manifest import read_manifest  # type: ignore[attr-defined]
-    except ImportError:
-        return _read_manifest_csv(path)
-    rows = read_manifest(path)
-    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame
-        rows = rows.to_dict("records")
-    return [{"path": str(_field(r, "path")), "label": int(_field(r, "label")), "split": str(_field(r, "split"))} for r in rows]
+    from .data.manifest import read_manifest
+
+    manifest = read_manifest(dataset_dir, dataset=dataset_dir.name, check_files=True)
+    rows = [
+        {"path": manifest.image_path(i), "label": int(manifest.labels[i]), "split": manifest.splits[i]}
+        for i in range(len(manifest))
+    ]
+    splits = {split: manifest.indices(split).tolist() for split in manifest.split_names()}
+    return rows, splits, manifest.file
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +183,7 @@ def _extract_settings(cfg: dict) -> dict:
         batch_size, train_views = int(cfg["batch_size"]), int(cfg["train_views"])
         threads, seed = int(cfg["threads"]), int(cfg["seed"])
         crop_scale = [float(x) for x in cfg["crop_scale"]]
+        input_size = None if cfg.get("input_size") is None else int(cfg["input_size"])
     except (TypeError, ValueError) as exc:
         raise DmlReproError(f"extract settings: {exc}; check the `extract` section of params.yaml") from None
     if batch_size < 1:
@@ -212,8 +194,7 @@ def _extract_settings(cfg: dict) -> dict:
         raise DmlReproError(f"extract.threads must be >= 1, got {threads}")
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise DmlReproError(f"extract.crop_scale must be [low, high] with 0 < low <= high <= 1, got {cfg['crop_scale']}")
-    input_size = cfg.get("input_size")
-    if input_size is not None and int(input_size) < 32:
+    if input_size is not None and input_size < 32:
         raise DmlReproError(f"extract.input_size must be >= 32, got {input_size}")
     return {
         "batch_size": batch_size,
@@ -222,7 +203,7 @@ def _extract_settings(cfg: dict) -> dict:
         "flip": bool(cfg["flip"]),
         "seed": seed,
         "threads": threads,
-        "input_size": None if input_size is None else int(input_size),
+        "input_size": input_size,
     }
 
 
@@ -240,23 +221,12 @@ def extract_features(
     flip=True, seed=0, threads=2, input_size=None}. Nothing is written unless extraction succeeds.
     """
     dataset_dir, out_path = Path(dataset_dir), Path(out_path)
-    manifest = dataset_dir / "manifest.csv"
-    if not manifest.is_file():
-        raise DmlReproError(
-            f"{manifest} does not exist; prepare the dataset first (`dmlrepro prepare --dataset {dataset_dir.name}`)"
-        )
     settings = _extract_settings(extract_cfg)
-    rows = read_manifest_rows(manifest)
-    if not rows:
-        raise DmlReproError(f"{manifest} lists no images; re-run `dmlrepro prepare --dataset {dataset_dir.name}`")
-
-    splits: dict[str, list[int]] = {}
-    for index, row in enumerate(rows):
-        splits.setdefault(row["split"], []).append(index)
+    rows, splits, manifest = read_manifest_rows(dataset_dir)
 
     size = settings["input_size"]
     if size is None:
-        first = dataset_dir / rows[0]["path"]
+        first = rows[0]["path"]
         w, h = load_rgb(first).size
         if w != h:
             raise DmlReproError(
@@ -272,7 +242,7 @@ def extract_features(
     try:
         backbone = create_backbone(name, weights=(backbone_cfg or {}).get("weights"), input_size=size)
         runner = compile_for_inference(backbone, device)
-        arrays, seconds, n_views = _run(dataset_dir, rows, splits, size, settings, backbone.feature_dim, runner, progress)
+        arrays, seconds, n_views = _run(rows, splits, size, settings, backbone.feature_dim, runner, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -324,7 +294,7 @@ def extract_features(
     return summary
 
 
-def _run(dataset_dir, rows, splits, size, settings, dim, runner, progress) -> tuple[dict, float, int]:
+def _run(rows, splits, size, settings, dim, runner, progress) -> tuple[dict, float, int]:
     """Decode, view and embed every image; return the npz arrays, seconds and the number of views."""
     from tqdm import tqdm
 
@@ -355,7 +325,7 @@ def _run(dataset_dir, rows, splits, size, settings, dim, runner, progress) -> tu
             target = arrays[f"{split}_features"]
             n_aug = target.shape[0] - 1
             for pos, row_index in enumerate(idx):
-                img = load_rgb(dataset_dir / rows[row_index]["path"])
+                img = load_rgb(rows[row_index]["path"])
                 rng = view_rng(settings["seed"], row_index)
                 for view, pixels in enumerate(image_views(img, size, n_aug, rng, settings["crop_scale"], settings["flip"])):
                     batch_pixels.append(pixels)

@@ -1,0 +1,773 @@
+"""The ``glyphs`` benchmark: characters rendered in many font designs (class = character).
+
+CUB-shaped stand-in that needs no download beyond Debian font packages: each class is one
+character (by default a CJK ideograph), each image is that character in one font *design*.
+The loader itself is script-agnostic (tests use Latin/Greek letters in the DejaVu fonts).
+
+Pipeline of :func:`prepare_glyphs` (every step deterministic):
+
+1. **Find fonts**: ``.ttf .otf .ttc .otc`` files under ``font_dirs`` (recursively, sorted by path,
+   dirs in the order given; or exactly the files listed in ``fonts``). Every face of a collection
+   (``.ttc``/``.otc``) is a candidate design. Files with the same contents (sha256) as an earlier
+   one are left out.
+2. **Coverage**: with fontTools, a face *draws* a requested character when its best cmap maps it to
+   a glyph other than ``.notdef`` that has an outline (TrueType: non-empty ``glyf`` data; other
+   formats: a non-empty FreeType bounding box) and that glyph is not a placeholder shared by more
+   than :data:`MAX_SHARED_GLYPH` requested characters. Faces matching ``exclude`` (file-name
+   glob patterns, default: the gappy Aoyagi Kouzan T) and faces drawing fewer than
+   ``min_coverage`` x (number of requested characters) are left out: kana-only, Hangul-only and
+   Latin fonts, CJK "extension" fonts (HanaMinB), empty cmap entries (setofont-ex).
+3. **Probes**: ``probe_count`` characters spread evenly (by code point) over the characters every
+   remaining face draws are rendered by every face at 64 px. Faces that FreeType cannot render
+   (broken hinting bytecode), that draw nothing for a probe, or draw a probe identical to their
+   ``.notdef`` box are left out.
+4. **Near-duplicate designs**: for each pair of faces, the Pearson correlation of each probe's two
+   renderings; the pair's similarity is the **median** over probes (robust to the few regional
+   glyph variants that tell Noto JP from Noto SC while the design is the same). Faces are visited
+   in order of preference -- weight closest to Regular (OS/2 usWeightClass 400) first, then
+   discovery order -- and a face is kept unless it is more similar than ``duplicate_threshold``
+   to a face already kept. Weights far from each other (Thin vs Black) stay separate designs,
+   adjacent weights and derived families (IPA/Takao, Migu/M+, U-Kai/B-Kai) merge.
+5. **Classes**: the characters every kept design draws, in code point order (first
+   ``max_classes`` only, if set). Zero-shot split from :mod:`.splits`: first half train pool
+   (``val_fraction`` of it carved out as class-disjoint ``val``), second half ``test``.
+6. **Render** every (design, class): FreeType via Pillow (basic layout, no shaping), glyph drawn
+   at 2x image_size, cropped to its ink bounding box, scaled (LANCZOS; NEAREST for bitmap-only
+   fonts, drawn at their largest strike) so its larger side is ``fill`` x image_size, centred on
+   a white square, black ink, 8-bit grayscale PNG. A glyph that renders blank or as ``.notdef`` in
+   any design drops that class everywhere (recorded in info.json).
+
+Output (written atomically: a killed run leaves no ``out_dir``)::
+
+    out_dir/manifest.csv                    path,label,class_name,split  (see .manifest)
+    out_dir/images/<design_id>/<hex>.png    e.g. images/notosanscjk-regular-0/4e00.png
+    out_dir/info.json                       fonts (kept or why not), designs, counts, settings
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..atomic import atomic_path, write_json
+from ..errors import DmlReproError
+from . import DATASETS
+from .manifest import MANIFEST_NAME, write_manifest
+from .splits import split_classes
+
+# The Debian packages of the default glyph benchmark (about 38 designs over about 1,900
+# ideographs). workflow/scripts/fetch_fonts.sh reads this list: keep it the one source of truth.
+GLYPH_FONT_PACKAGES: tuple[str, ...] = (
+    "fonts-noto-cjk",
+    "fonts-hanazono",
+    "fonts-wqy-zenhei",
+    "fonts-wqy-microhei",
+    "fonts-arphic-uming",
+    "fonts-arphic-ukai",
+    "fonts-arphic-bsmi00lp",
+    "fonts-arphic-bkai00mp",
+    "fonts-arphic-gbsn00lp",
+    "fonts-arphic-gkai00mp",
+    "fonts-ipafont-gothic",
+    "fonts-vlgothic",
+    "fonts-kiloji",
+    "fonts-horai-umefont",
+    "fonts-seto",
+    "fonts-kouzan-mouhitsu",
+    "fonts-aoyagi-soseki",
+    "fonts-sawarabi-gothic",
+    "fonts-sawarabi-mincho",
+    "fonts-motoya-l-cedar",
+    "fonts-motoya-l-maruberi",
+    "fonts-morisawa-bizud-gothic",
+    "fonts-morisawa-bizud-mincho",
+    "fonts-misaki",
+    "fonts-monapo",
+    "fonts-mplus",
+    "fonts-lxgw-wenkai",
+    "fonts-klee",
+    "fonts-unfonts-core",
+    "fonts-migmix",
+)
+
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
+CJK_UNIFIED = (0x4E00, 0x9FFF)  # CJK Unified Ideographs block
+PROBE_SIZE = 64                 # px; probes do not depend on image_size
+MAX_SHARED_GLYPH = 8            # a glyph drawn for more requested characters is a placeholder
+_NOTDEF_PROBES = (0x10FFFF, 0xFFFF, 0x10FFFE, 0xFFFE)  # noncharacters: never in a real cmap
+
+DEFAULTS: dict[str, Any] = {
+    "font_dirs": ["fonts/usr/share/fonts", "/usr/share/fonts"],
+    "fonts": None,               # explicit font files (tests); overrides font_dirs
+    "characters": "cjk",         # "cjk", ranges "U+0041-U+005A,U+0391-U+03A9", or literal chars
+    "image_size": 112,
+    "fill": 0.85,                # larger side of the ink box / image side
+    "val_fraction": 0.2,
+    "max_classes": None,
+    "min_designs": 30,
+    "min_coverage": 0.1,         # fraction of the requested characters a face must draw
+    "duplicate_threshold": 0.88, # median probe correlation above which two faces are one design
+    "probe_count": 64,
+    "exclude": ["AoyagiKouzanT*"],  # file-name globs; fonts-aoyagi-kouzan-t has gaps
+    "seed": 0,                   # seeds the validation class choice
+    "workers": None,             # processes; None = os.cpu_count()
+}
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def _cfg_error(key: str, why: str) -> DmlReproError:
+    return DmlReproError(f"datasets.<glyphs>.{key}: {why} (fix it in params.yaml)")
+
+
+def resolve_config(cfg: dict) -> dict:
+    """``cfg`` with defaults filled in and values checked (:class:`DmlReproError` on a bad value)."""
+    out = dict(DEFAULTS)
+    out.update({k: v for k, v in cfg.items() if v is not None or k in ("max_classes", "fonts", "workers")})
+    for key in ("image_size", "min_designs", "probe_count", "seed"):
+        v = out[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < (16 if key == "image_size" else 0):
+            raise _cfg_error(key, f"expected an integer{' >= 16' if key == 'image_size' else ' >= 0'}, got {v!r}")
+    if out["probe_count"] < 1:
+        raise _cfg_error("probe_count", f"expected an integer >= 1, got {out['probe_count']!r}")
+    mc = out["max_classes"]
+    if mc is not None and (not isinstance(mc, int) or isinstance(mc, bool) or mc < 2):
+        raise _cfg_error("max_classes", f"expected null or an integer >= 2, got {mc!r}")
+    w = out["workers"]
+    if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+        raise _cfg_error("workers", f"expected null or an integer >= 1, got {w!r}")
+    for key, lo, hi in (("val_fraction", 0.0, 1.0), ("fill", 0.05, 1.0),
+                        ("min_coverage", 0.0, 1.0), ("duplicate_threshold", -1.0, 1.0)):
+        v = out[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi or (key == "val_fraction" and v >= 1):
+            raise _cfg_error(key, f"expected a number in [{lo}, {hi}{')' if key == 'val_fraction' else ']'}, got {v!r}")
+    for key in ("font_dirs", "exclude"):
+        v = out[key]
+        if isinstance(v, (str, os.PathLike)):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, (str, os.PathLike)) for x in v):
+            raise _cfg_error(key, f"expected a list of strings, got {v!r}")
+        out[key] = [str(x) for x in v]
+    if out["fonts"] is not None:
+        v = out["fonts"]
+        if isinstance(v, (str, os.PathLike)) or not all(isinstance(x, (str, os.PathLike)) for x in v):
+            raise _cfg_error("fonts", f"expected a list of font file paths, got {v!r}")
+        out["fonts"] = [str(x) for x in v]
+    if not isinstance(out["characters"], str) or not out["characters"]:
+        raise _cfg_error("characters", f"expected 'cjk', code point ranges or a string of characters, got {out['characters']!r}")
+    return out
+
+
+_RANGES = re.compile(r"^\s*U\+[0-9A-Fa-f]{1,6}(\s*-\s*U\+[0-9A-Fa-f]{1,6})?(\s*,\s*U\+[0-9A-Fa-f]{1,6}(\s*-\s*U\+[0-9A-Fa-f]{1,6})?)*\s*$")
+
+
+def parse_characters(spec: str) -> list[int]:
+    """Requested code points, sorted and unique.
+
+    ``"cjk"``: CJK Unified Ideographs U+4E00-U+9FFF. ``"U+0041-U+005A,U+0391-U+03A9"``: code point
+    ranges (inclusive) and single code points. Anything else: the characters of the string itself
+    (whitespace ignored).
+    """
+    if spec.strip().lower() == "cjk":
+        return list(range(CJK_UNIFIED[0], CJK_UNIFIED[1] + 1))
+    if _RANGES.match(spec):
+        cps: set[int] = set()
+        for part in spec.split(","):
+            ends = [int(x.strip()[2:], 16) for x in part.split("-")]
+            lo, hi = ends[0], ends[-1]
+            if hi < lo:
+                raise _cfg_error("characters", f"empty range {part.strip()!r}")
+            cps.update(range(lo, hi + 1))
+        return sorted(cps)
+    cps = sorted({ord(c) for c in spec if not c.isspace()})
+    if not cps:
+        raise _cfg_error("characters", f"no characters in {spec!r}")
+    return cps
+
+
+# ------------------------------------------------------------------------------ font faces
+
+
+@dataclass
+class Face:
+    """One face of one font file: a candidate design."""
+
+    file: str
+    index: int
+    n_faces: int = 1
+    sha256: str = ""
+    family: str = ""
+    style: str = ""
+    weight: int = 400
+    bitmap_size: int | None = None   # ppem of the strike used for bitmap-only fonts
+    coverage: int = 0                # requested characters it draws
+    limits_classes: int | None = None  # kept designs: characters all other designs draw but not it
+    notdef_char: int | None = None   # a code point outside its cmap: renders as .notdef
+    design_id: str = ""
+    status: str = "candidate"        # kept | excluded
+    reason: str = ""
+    covered: list[int] = field(default_factory=list, repr=False)  # code points it draws
+
+    def label(self) -> str:
+        name = Path(self.file).name
+        return f"{name}#{self.index}" if self.n_faces > 1 else name
+
+    def record(self) -> dict:
+        d = asdict(self)
+        del d["covered"]
+        return d
+
+
+def find_font_files(font_dirs: Sequence[str], fonts: Sequence[str] | None = None) -> tuple[list[Path], list[dict]]:
+    """Font files to consider and a report of where they were looked for.
+
+    ``fonts`` (explicit files) wins over ``font_dirs``; dirs are searched recursively and their
+    files sorted by path. Relative paths are relative to the current directory.
+    """
+    searched: list[dict] = []
+    files: list[Path] = []
+    if fonts is not None:
+        for f in fonts:
+            p = Path(f)
+            searched.append({"path": str(f), "exists": p.is_file(), "font_files": int(p.is_file())})
+            if p.is_file():
+                files.append(p)
+        return files, searched
+    for d in font_dirs:
+        p = Path(d)
+        found = []
+        if p.is_dir():
+            found = sorted(
+                (q for q in p.rglob("*") if q.suffix.lower() in FONT_SUFFIXES and q.is_file()),
+                key=lambda q: q.as_posix(),
+            )
+        searched.append({"path": str(d), "exists": p.is_dir(), "font_files": len(found)})
+        files.extend(found)
+    return files, searched
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _QuietFontTools:
+    """fontTools warns about harmless quirks (odd timestamps, glyf padding); keep stdout clean."""
+
+    def __enter__(self):
+        self.logger = logging.getLogger("fontTools")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
+def _has_outlines(tt) -> bool:
+    return any(t in tt for t in ("glyf", "CFF ", "CFF2"))
+
+
+def _bitmap_strike(tt) -> int | None:
+    for tag in ("EBLC", "CBLC", "bloc"):
+        if tag in tt:
+            sizes = [s.bitmapSizeTable.ppemY for s in tt[tag].strikes]
+            if sizes:
+                return int(max(sizes))
+    return None
+
+
+def _drawn_codepoints(tt, path: Path, index: int, requested: set[int], bitmap_size: int | None) -> list[int]:
+    """Requested code points this face maps to a non-.notdef, inked, non-placeholder glyph."""
+    cmap = tt.getBestCmap() or {}
+    order = tt.getGlyphOrder()
+    notdef = order[0] if order else ".notdef"
+    cand = {cp: g for cp, g in cmap.items() if cp in requested and g != notdef and g != ".notdef"}
+    if not cand:
+        return []
+    counts: dict[str, int] = {}
+    for g in cand.values():
+        counts[g] = counts.get(g, 0) + 1
+    cand = {cp: g for cp, g in cand.items() if counts[g] <= MAX_SHARED_GLYPH}
+    if "glyf" in tt and "loca" in tt:
+        loca = tt["loca"]
+        gid = tt.getReverseGlyphMap()
+        return sorted(cp for cp, g in cand.items() if loca[gid[g] + 1] > loca[gid[g]])
+    font = ImageFont.truetype(str(path), bitmap_size or 32, index=index, layout_engine=ImageFont.Layout.BASIC)
+    drawn = []
+    for cp in sorted(cand):
+        left, top, right, bottom = font.getbbox(chr(cp), anchor="ls")
+        if right > left and bottom > top:
+            drawn.append(cp)
+    return drawn
+
+
+def read_font_file(path: str | os.PathLike, requested: Sequence[int] | set[int]) -> list[Face]:
+    """Every face of one font file with its names, weight and the requested characters it draws.
+
+    An unreadable file gives one face with ``status="excluded"`` and the error as ``reason``.
+    """
+    from fontTools.ttLib import TTCollection, TTFont, TTLibError
+
+    p = Path(path)
+    req = requested if isinstance(requested, set) else set(requested)
+    try:
+        digest = _sha256(p)
+    except OSError as e:
+        return [Face(file=str(path), index=0, status="excluded", reason=f"unreadable: {e}")]
+    faces: list[Face] = []
+    with _QuietFontTools():
+        try:
+            n = 1
+            if p.suffix.lower() in (".ttc", ".otc"):
+                n = len(TTCollection(str(p), lazy=True).fonts)
+            for i in range(n):
+                tt = TTFont(str(p), fontNumber=i, lazy=True)
+                names = tt["name"] if "name" in tt else None
+                face = Face(
+                    file=str(path), index=i, n_faces=n, sha256=digest,
+                    family=(names.getBestFamilyName() or "") if names else "",
+                    style=(names.getBestSubFamilyName() or "") if names else "",
+                    weight=int(tt["OS/2"].usWeightClass) if "OS/2" in tt else 400,
+                )
+                if not _has_outlines(tt):
+                    face.bitmap_size = _bitmap_strike(tt)
+                    if face.bitmap_size is None:
+                        face.status, face.reason = "excluded", "neither outlines nor bitmap strikes"
+                        faces.append(face)
+                        continue
+                cmap = tt.getBestCmap() or {}
+                face.notdef_char = next((cp for cp in _NOTDEF_PROBES if cp not in cmap), None)
+                face.covered = _drawn_codepoints(tt, p, i, req, face.bitmap_size)
+                face.coverage = len(face.covered)
+                faces.append(face)
+                tt.close()
+        except (TTLibError, OSError, KeyError, AssertionError, ValueError, IndexError, TypeError) as e:
+            faces.append(Face(file=str(path), index=len(faces), sha256=digest, status="excluded",
+                              reason=f"unreadable by fontTools/FreeType: {type(e).__name__}: {e}"))
+    return faces
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "font"
+
+
+def assign_design_ids(faces: Sequence[Face]) -> None:
+    """Short stable ids: file stem (plus ``-<face>`` in collections), ``-<sha8>`` on a clash."""
+    base = [_slug(Path(f.file).stem) + (f"-{f.index}" if f.n_faces > 1 else "") for f in faces]
+    clash = {b for b in base if base.count(b) > 1}
+    seen: set[str] = set()
+    for f, b in zip(faces, base):
+        did = f"{b}-{f.sha256[:8]}" if b in clash else b
+        k = 2
+        while did in seen:
+            did, k = f"{b}-{f.sha256[:8]}-{k}", k + 1
+        seen.add(did)
+        f.design_id = did
+
+
+# -------------------------------------------------------------------------------- rendering
+
+
+_FONT_CACHE: dict[tuple, ImageFont.FreeTypeFont] = {}
+
+
+def open_face(file: str | os.PathLike, index: int, size: int) -> ImageFont.FreeTypeFont:
+    """A FreeType font (basic layout: no shaping, identical on every machine), cached per process."""
+    key = (str(file), index, size)
+    font = _FONT_CACHE.get(key)
+    if font is None:
+        if len(_FONT_CACHE) > 16:
+            _FONT_CACHE.clear()
+        font = ImageFont.truetype(str(file), size, index=index, layout_engine=ImageFont.Layout.BASIC)
+        _FONT_CACHE[key] = font
+    return font
+
+
+def render_ink(font: ImageFont.FreeTypeFont, char: str) -> Image.Image | None:
+    """The glyph's ink (white on black, 'L'), cropped to its bounding box; None if it draws nothing."""
+    left, top, right, bottom = font.getbbox(char, anchor="ls")
+    if right <= left or bottom <= top:
+        return None
+    pad = 2
+    im = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(im).text((pad - left, pad - top), char, font=font, fill=255, anchor="ls")
+    box = im.getbbox()
+    return im.crop(box) if box else None
+
+
+def fit_ink(ink: Image.Image, image_size: int, fill: float = 0.85, nearest: bool = False) -> Image.Image:
+    """Scale ink so its larger side is ``fill * image_size``, centre it; black ink on white."""
+    w, h = ink.size
+    target = max(1, round(fill * image_size))
+    scale = target / max(w, h)
+    nw, nh = max(1, min(image_size, round(w * scale))), max(1, min(image_size, round(h * scale)))
+    if (nw, nh) != (w, h):
+        ink = ink.resize((nw, nh), Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (image_size, image_size), 0)
+    canvas.paste(ink, ((image_size - nw) // 2, (image_size - nh) // 2))
+    return Image.eval(canvas, lambda v: 255 - v)
+
+
+def _notdef_ink(font: ImageFont.FreeTypeFont, notdef_char: int | None) -> Image.Image | None:
+    return None if notdef_char is None else render_ink(font, chr(notdef_char))
+
+
+def _same(a: Image.Image | None, b: Image.Image | None) -> bool:
+    return a is not None and b is not None and a.size == b.size and a.tobytes() == b.tobytes()
+
+
+def render_glyph(
+    file: str | os.PathLike, index: int, char: str, image_size: int, fill: float = 0.85,
+    bitmap_size: int | None = None,
+) -> Image.Image | None:
+    """One glyph as the benchmark renders it: ``image_size`` square 'L' image, or None if blank."""
+    font = open_face(file, index, bitmap_size or 2 * image_size)
+    ink = render_ink(font, char)
+    return None if ink is None else fit_ink(ink, image_size, fill, nearest=bitmap_size is not None)
+
+
+def _probe_face(args) -> tuple[np.ndarray | None, str]:
+    """Probe renderings of one face as (n_probes, PROBE_SIZE**2) float32, or (None, why not)."""
+    file, index, bitmap_size, notdef_char, probes, fill = args
+    try:
+        font = open_face(file, index, bitmap_size or 2 * PROBE_SIZE)
+        notdef = _notdef_ink(font, notdef_char)
+        out = np.empty((len(probes), PROBE_SIZE * PROBE_SIZE), dtype=np.float32)
+        blank, boxes = [], []
+        for k, cp in enumerate(probes):
+            ink = render_ink(font, chr(cp))
+            if ink is None:
+                blank.append(chr(cp))
+                continue
+            if _same(ink, notdef):
+                boxes.append(chr(cp))
+                continue
+            img = fit_ink(ink, PROBE_SIZE, fill, nearest=bitmap_size is not None)
+            out[k] = np.asarray(img, dtype=np.float32).ravel()
+    except OSError as e:  # FreeType errors, e.g. "invalid opcode" from broken hinting bytecode
+        return None, f"FreeType cannot render it ({e})"
+    if blank:
+        return None, f"draws nothing for probe character(s) {''.join(blank[:8])} despite its cmap"
+    if boxes:
+        return None, f"draws its .notdef box for probe character(s) {''.join(boxes[:8])}"
+    if np.any(out.std(axis=1) == 0):
+        return None, "renders a uniform image for some probe character"
+    return out, ""
+
+
+def _render_chunk(args) -> tuple[int, list[tuple[int, str]]]:
+    """Render some code points of one design into ``dest``; return (count, [(cp, why bad)])."""
+    file, index, bitmap_size, notdef_char, cps, image_size, fill, dest = args
+    font = open_face(file, index, bitmap_size or 2 * image_size)
+    notdef = _notdef_ink(font, notdef_char)
+    bad: list[tuple[int, str]] = []
+    dest = Path(dest)
+    for cp in cps:
+        try:
+            ink = render_ink(font, chr(cp))
+        except OSError as e:
+            bad.append((cp, f"FreeType error ({e})"))
+            continue
+        if ink is None:
+            bad.append((cp, "renders blank"))
+            continue
+        if _same(ink, notdef):
+            bad.append((cp, "renders as .notdef"))
+            continue
+        fit_ink(ink, image_size, fill, nearest=bitmap_size is not None).save(dest / f"{cp:04x}.png", format="PNG")
+    return len(cps), bad
+
+
+# ------------------------------------------------------------------------- design selection
+
+
+def similarity_matrix(probes: np.ndarray) -> np.ndarray:
+    """(F, P, D) probe images -> (F, F) median over probes of the per-probe Pearson correlation."""
+    x = probes.astype(np.float64)
+    x = x - x.mean(axis=2, keepdims=True)
+    x /= np.linalg.norm(x, axis=2, keepdims=True)
+    per_probe = np.stack([x[:, p] @ x[:, p].T for p in range(x.shape[1])])  # (P, F, F)
+    return np.median(per_probe, axis=0)
+
+
+def select_designs(faces: Sequence[Face], sim: np.ndarray, threshold: float) -> list[tuple[int, int | None]]:
+    """Greedy near-duplicate removal; returns for each face ``(i, None)`` if kept or ``(i, j)``,
+    j the kept face it duplicates. Preference: weight closest to 400, then the given order."""
+    order = sorted(range(len(faces)), key=lambda i: (abs(faces[i].weight - 400), i))
+    kept: list[int] = []
+    result: dict[int, int | None] = {}
+    for i in order:
+        dup = max(kept, key=lambda j: sim[i, j], default=None)
+        if dup is not None and sim[i, dup] > threshold:
+            result[i] = dup
+        else:
+            kept.append(i)
+            result[i] = None
+    return [(i, result[i]) for i in range(len(faces))]
+
+
+# ------------------------------------------------------------------------------- the stage
+
+
+def _missing_fonts_error(cfg: dict, searched: list[dict], faces: list[Face], n_designs: int) -> DmlReproError:
+    where = "\n".join(
+        f"  {s['path']}: " + (f"{s['font_files']} font file(s)" if s["exists"] else "missing")
+        for s in searched
+    ) or "  (no font_dirs configured)"
+    reasons: dict[str, int] = {}
+    for f in faces:
+        if f.status == "excluded":
+            key = re.sub(r"\d+", "N", f.reason.split(" (")[0].split(":")[0])
+            reasons[key] = reasons.get(key, 0) + 1
+    why = "".join(f"\n  {n} face(s): {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+    pkgs = " ".join(GLYPH_FONT_PACKAGES)
+    return DmlReproError(
+        f"glyphs: {n_designs} usable font design(s) found, but min_designs = {cfg['min_designs']}.\n"
+        f"Font files searched:\n{where}\n"
+        f"{len(faces)} face(s) read" + (f"; left out:{why}" if why else "") + "\n"
+        "The glyphs benchmark renders characters in the fonts of these Debian packages:\n"
+        f"  {pkgs}\n"
+        "Get them without root into ./fonts (apt-get download + dpkg-deb -x):\n"
+        "  make fonts        # runs workflow/scripts/fetch_fonts.sh\n"
+        "or install them system-wide:\n"
+        f"  sudo apt-get install {pkgs}\n"
+        "or point datasets.glyphs.font_dirs in params.yaml at a folder that holds them."
+    )
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ctx.Pool(workers)
+
+
+def _map(pool, fn, items: list, progress=None, weight=lambda item: 1):
+    """Ordered map over ``items`` (inline without a pool), updating ``progress`` as results arrive."""
+    it = pool.imap(fn, items, chunksize=1) if pool is not None else map(fn, items)
+    out = []
+    for item, res in zip(items, it):
+        out.append(res)
+        if progress is not None:
+            progress.update(weight(item))
+    return out
+
+
+def _progress(total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _versions() -> dict:
+    import PIL
+    import fontTools
+    from PIL import features
+
+    return {
+        "pillow": PIL.__version__,
+        "freetype": features.version("freetype2"),
+        "fonttools": fontTools.version,
+        "numpy": np.__version__,
+    }
+
+
+@DATASETS.register("glyphs")
+def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
+    """Build the glyphs dataset in ``out_dir`` (see the module doc); returns the info.json dict."""
+    t0 = time.time()
+    cfg = resolve_config(cfg)
+    out_dir = Path(out_dir)
+    requested = parse_characters(cfg["characters"])
+    req_set = set(requested)
+    workers = cfg["workers"] or os.cpu_count() or 1
+    files, searched = find_font_files(cfg["font_dirs"], cfg["fonts"])
+
+    pool = _pool(min(workers, max(1, len(files))))
+    try:
+        # 1-2. faces and coverage -----------------------------------------------------------
+        with _progress(len(files), "glyphs: reading fonts", "file") as bar:
+            per_file = _map(pool, _read_font_file_args, [(str(f), req_set) for f in files], bar)
+        faces: list[Face] = []
+        first_of_sha: dict[str, str] = {}
+        for file_faces in per_file:
+            for f in file_faces:
+                if f.sha256 and f.status != "excluded":
+                    first = first_of_sha.setdefault(f.sha256, f.file)
+                    if first != f.file:
+                        f.status, f.reason = "excluded", f"same file contents (sha256) as {first}"
+                faces.append(f)
+        assign_design_ids(faces)
+        timings = {"read": time.time() - t0}
+        min_cov = int(np.ceil(cfg["min_coverage"] * len(requested)))
+        for f in faces:
+            if f.status == "excluded":
+                continue
+            pat = next((p for p in cfg["exclude"] if fnmatch.fnmatch(Path(f.file).name.lower(), p.lower())), None)
+            if pat is not None:
+                f.status, f.reason = "excluded", f"matches exclude pattern {pat!r}"
+            elif f.coverage == 0 or f.coverage < min_cov:
+                f.status, f.reason = "excluded", (
+                    f"draws only {f.coverage} of the {len(requested)} requested characters "
+                    f"(min_coverage {cfg['min_coverage']} needs {min_cov})")
+        cands = [f for f in faces if f.status != "excluded"]
+        if len(cands) < max(1, cfg["min_designs"]):
+            raise _missing_fonts_error(cfg, searched, faces, len(cands))
+        common = sorted(set.intersection(*(set(f.covered) for f in cands)))
+        if not common:
+            raise DmlReproError(
+                "glyphs: no requested character is drawn by every candidate font face; candidates: "
+                + ", ".join(f"{f.label()} ({f.coverage})" for f in cands)
+                + ". Narrow `characters` or remove the odd fonts (datasets.glyphs.exclude)."
+            )
+
+        # 3. probes ------------------------------------------------------------------------
+        k = min(cfg["probe_count"], len(common))
+        probes = [common[i] for i in sorted(set(np.linspace(0, len(common) - 1, k).round().astype(int).tolist()))]
+        with _progress(len(cands), "glyphs: probing designs", "face") as bar:
+            probed = _map(pool, _probe_face,
+                          [(f.file, f.index, f.bitmap_size, f.notdef_char, probes, cfg["fill"]) for f in cands], bar)
+        ok: list[Face] = []
+        arrays = []
+        for f, (arr, why) in zip(cands, probed):
+            if arr is None:
+                f.status, f.reason = "excluded", why
+            else:
+                ok.append(f)
+                arrays.append(arr)
+
+        timings["probe"] = time.time() - t0 - sum(timings.values())
+
+        # 4. near-duplicates ---------------------------------------------------------------
+        designs: list[Face] = []
+        if ok:
+            sim = similarity_matrix(np.stack(arrays))
+            for i, dup in select_designs(ok, sim, cfg["duplicate_threshold"]):
+                if dup is None:
+                    ok[i].status = "kept"
+                else:
+                    ok[i].status = "excluded"
+                    ok[i].reason = (f"near-duplicate of {ok[dup].design_id} (median probe correlation "
+                                    f"{sim[i, dup]:.3f} > duplicate_threshold {cfg['duplicate_threshold']})")
+            designs = [f for f in ok if f.status == "kept"]
+        if len(designs) < max(1, cfg["min_designs"]):
+            raise _missing_fonts_error(cfg, searched, faces, len(designs))
+
+        # 5. classes -----------------------------------------------------------------------
+        covered = [set(f.covered) for f in designs]
+        all_common = sorted(set.intersection(*covered))
+        counts: dict[int, int] = {}
+        for s in covered:
+            for cp in s:
+                counts[cp] = counts.get(cp, 0) + 1
+        n = len(designs)
+        for f, s in zip(designs, covered):
+            f.limits_classes = sum(1 for cp, c in counts.items() if c == n - 1 and cp not in s)
+        classes = all_common[: cfg["max_classes"]] if cfg["max_classes"] else list(all_common)
+
+        # 6. render (atomically) -------------------------------------------------------------
+        with atomic_path(out_dir) as tmp:
+            img_root = tmp / "images"
+            tasks = []
+            chunk = 256
+            for f in designs:
+                (img_root / f.design_id).mkdir(parents=True)
+                for s in range(0, len(classes), chunk):
+                    tasks.append((f.file, f.index, f.bitmap_size, f.notdef_char, classes[s:s + chunk],
+                                  cfg["image_size"], cfg["fill"], str(img_root / f.design_id)))
+            with _progress(len(designs) * len(classes), "glyphs: rendering", "img") as bar:
+                rendered = _map(pool, _render_chunk, tasks, bar, weight=lambda t: len(t[4]))
+            timings["render"] = time.time() - t0 - sum(timings.values())
+            dropped: dict[int, str] = {}
+            for task, (_, bad) in zip(tasks, rendered):
+                for cp, why in bad:
+                    dropped.setdefault(cp, f"{why} in {Path(task[0]).name}#{task[1]}")
+            if dropped:
+                for f in designs:
+                    for cp in dropped:
+                        (img_root / f.design_id / f"{cp:04x}.png").unlink(missing_ok=True)
+                classes = [cp for cp in classes if cp not in dropped]
+            if len(classes) < 2:
+                raise DmlReproError(f"glyphs: only {len(classes)} class(es) left after rendering; "
+                                    "widen `characters` or raise `max_classes`")
+
+            split_of = split_classes(classes, cfg["val_fraction"], seed=cfg["seed"])
+            rows = []
+            for label, cp in enumerate(classes):
+                for f in designs:
+                    rows.append({"path": f"images/{f.design_id}/{cp:04x}.png", "label": label,
+                                 "class_name": f"U+{cp:04X}", "split": split_of[cp]})
+            write_manifest(tmp / MANIFEST_NAME, rows)
+            n_cls = {s: sum(1 for v in split_of.values() if v == s) for s in ("train", "val", "test")}
+            info = {
+                "kind": "glyphs",
+                "characters": cfg["characters"],
+                "requested_characters": len(requested),
+                "common_characters": len(all_common),
+                "probe_characters": "".join(chr(cp) for cp in probes),
+                "dropped_characters": {f"U+{cp:04X}": why for cp, why in sorted(dropped.items())},
+                "image_size": cfg["image_size"],
+                "designs": [f.design_id for f in designs],
+                "counts": {
+                    "font_files": len(files),
+                    "faces": len(faces),
+                    "designs": len(designs),
+                    "faces_excluded": sum(1 for f in faces if f.status == "excluded"),
+                    "classes": {**n_cls, "total": len(classes)},
+                    "images": {**{s: c * len(designs) for s, c in n_cls.items()}, "total": len(rows)},
+                },
+                "fonts": [f.record() for f in faces],
+                "font_dirs": searched,
+                "settings": {k: v for k, v in cfg.items()},
+                "versions": _versions(),
+            }
+            write_json(tmp / "info.json", info)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    _report(info, faces, designs, timings, time.time() - t0, out_dir)
+    return info
+
+
+def _read_font_file_args(args):
+    return read_font_file(*args)
+
+
+def _report(info: dict, faces: list[Face], designs: list[Face], timings: dict, seconds: float,
+            out_dir: Path) -> None:
+    c = info["counts"]
+    print(f"glyphs: {c['faces']} font faces in {c['font_files']} files -> {c['designs']} designs "
+          f"({c['faces_excluded']} faces left out)")
+    for f in designs:
+        print(f"  design {f.design_id:28s} {f.family} {f.style} (weight {f.weight}, draws {f.coverage}, "
+              f"alone limits the classes by {f.limits_classes})")
+    for f in faces:
+        if f.status == "excluded":
+            print(f"  left out {f.label():34s} {f.reason}")
+    cl, im = c["classes"], c["images"]
+    print(f"glyphs: {cl['total']} classes (train {cl['train']}, val {cl['val']}, test {cl['test']}) "
+          f"of {info['common_characters']} common characters; {im['total']} images "
+          f"(train {im['train']}, val {im['val']}, test {im['test']}); "
+          f"{len(info['dropped_characters'])} characters dropped after rendering")
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+    print(f"glyphs: wrote {out_dir} in {seconds:.1f} s ({phases})")
