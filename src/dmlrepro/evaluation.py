@@ -1,8 +1,10 @@
 """Retrieval evaluation for deep metric learning: Recall@K, MAP@R, R-Precision and NMI.
 
-One exact faiss inner-product search on L2-normalised float32 embeddings feeds every
-retrieval metric. Queries are searched in chunks and each chunk is reduced to per-query
-numbers at once, so memory stays O(chunk_size * k + N) and no N x N matrix is ever built.
+One exact faiss inner-product search (IndexFlatIP) on L2-normalised float32 embeddings
+feeds every retrieval metric. Queries are searched in chunks, each reduced at once to
+per-query numbers with vectorised numpy, so memory stays O(chunk_size * k + N * D) and no
+N x N matrix is ever built. k is what MAP@R and Recall@K (K <= 100) need; the few queries
+with no correct neighbour among those get a second, deeper search for larger K.
 """
 from __future__ import annotations
 
@@ -101,28 +103,33 @@ def evaluate_retrieval(
             "no query has another item of its class in the search set: "
             "retrieval metrics are undefined (every class is a singleton?)"
         )
-    k = max(max(ks), int(r.max()))
+    # One pass with the k that MAP@R / R-Precision need and that Recall@K needs for K <= 100;
+    # the few queries still without a correct neighbour then get a deeper search for large K.
+    k = max(int(r.max()), min(max(ks), 100))
 
     index = faiss.IndexFlatIP(g.shape[1])
     index.add(g)
     first_hit = np.empty(len(q), dtype=np.int64)  # rank of the first correct neighbour (k: none)
     r_prec = np.zeros(len(q))
     ap_r = np.zeros(len(q))
-    step = max(1, min(chunk_size, (1 << 24) // (k + 1)))  # at most ~16M neighbours at once
+    step = max(1, min(chunk_size, (1 << 24) // (max(ks) + 2)))  # at most ~16M neighbours at once
     for start in range(0, len(q), step):
-        stop = min(start + step, len(q))
-        nn = _search(index, g, q[start:stop], k + loo)
-        if loo:
-            nn = _drop_self(nn, np.arange(start, stop))
-        hits = g_cls[nn] == q_cls[start:stop, None]
-        first_hit[start:stop] = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
-        rc = r[start:stop]
+        rows = np.arange(start, min(start + step, len(q)))
+        hits = _hits(index, g, q, rows, k, loo, g_cls, q_cls)
+        first_hit[rows] = np.where(hits.any(axis=1), hits.argmax(axis=1), k)
+        rc = r[rows]
         rmax = max(int(rc.max()), 1)
         hits_r = hits[:, :rmax] & (np.arange(rmax) < rc[:, None])
         cum = np.cumsum(hits_r, axis=1)
         denom = np.maximum(rc, 1)
-        r_prec[start:stop] = cum[:, -1] / denom
-        ap_r[start:stop] = (cum * hits_r / np.arange(1, rmax + 1)).sum(axis=1) / denom
+        r_prec[rows] = cum[:, -1] / denom
+        ap_r[rows] = (cum * hits_r / np.arange(1, rmax + 1)).sum(axis=1) / denom
+    if max(ks) > k:
+        missed = np.flatnonzero(valid & (first_hit == k))
+        for start in range(0, len(missed), step):
+            rows = missed[start : start + step]
+            hits = _hits(index, g, q, rows, max(ks), loo, g_cls, q_cls)
+            first_hit[rows] = np.where(hits.any(axis=1), hits.argmax(axis=1), max(ks))
 
     out = {f"recall@{kk}": float(np.mean(first_hit[valid] < kk)) for kk in ks}
     out["map@r"] = float(np.mean(ap_r[valid]))
@@ -195,6 +202,14 @@ def _search(index: faiss.IndexFlatIP, gallery: np.ndarray, x: np.ndarray, k: int
         order = np.lexsort((idx[tied], -sims[tied]), axis=1)
         idx[tied] = np.take_along_axis(idx[tied], order, axis=1)
     return idx
+
+
+def _hits(index, gallery, q, rows, k, loo, g_cls, q_cls) -> np.ndarray:
+    """(len(rows), k) booleans: is the i-th nearest neighbour of each query of its class?"""
+    nn = _search(index, gallery, q[rows], k + loo)
+    if loo:
+        nn = _drop_self(nn, rows)
+    return g_cls[nn] == q_cls[rows, None]
 
 
 def _drop_self(nn: np.ndarray, self_idx: np.ndarray) -> np.ndarray:

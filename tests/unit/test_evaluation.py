@@ -99,6 +99,23 @@ def test_query_gallery_matches_bruteforce(seed):
     assert 0 <= ours["nmi"] <= 1
 
 
+@pytest.mark.parametrize("data", ["clustered", "quantized"])
+def test_large_k_matches_bruteforce(data):
+    # K above 100: the queries without a correct neighbour in the first pass are searched deeper.
+    if data == "clustered":
+        x, y = clustered(13, n=700, dim=8, n_classes=120, noise=3.0)
+    else:
+        x, y = quantized(13, n=700, n_classes=40)
+    ks = (1, 100, 101, 250, 600)
+    ours = evaluate_retrieval(x, y, ks=ks, compute_nmi=False)
+    assert_same(ours, reference(x, y, ks=ks))
+    assert ours["recall@100"] < ours["recall@250"] < 1.0
+    q, ql, g, gl = x[:200], y[:200], x[200:], y[200:]
+    ks = (1, 150, 500)
+    assert_same(evaluate_retrieval(q, ql, g, gl, ks=ks, compute_nmi=False, chunk_size=64),
+                reference(q, ql, g, gl, ks=ks))
+
+
 def test_gallery_mode_excludes_nothing():
     x, y = clustered(3, n=120)
     # The query set used as its own gallery: every query finds itself first.
@@ -302,11 +319,12 @@ def test_k_equal_to_search_set_is_allowed():
 
 
 def _pml(x, y, gx=None, gy=None):
+    torch = pytest.importorskip("torch")
     acc = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
     calc = acc.AccuracyCalculator(
         include=("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI"),
         k="max_bin_count",
-        device=__import__("torch").device("cpu"),
+        device=torch.device("cpu"),
     )
     return calc.get_accuracy(x, y, gx, gy)
 

@@ -55,7 +55,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -124,14 +124,38 @@ DEFAULTS: dict[str, Any] = {
     "workers": None,             # processes; None = os.cpu_count()
 }
 
-log = logging.getLogger(__name__)
+# A seconds-fast fixture for tests on any machine: letters in the DejaVu fonts (GUIDE: every
+# machine here has them). Look-alikes (l/I, o/O, c/C, s/S ...) are left out: glyphs are fitted
+# to the image, so case differences of the same shape would be indistinguishable classes.
+DEJAVU_DIR = "/usr/share/fonts/truetype/dejavu"
+TINY_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghijmnqrtyΓΔΘΛΞΠΣΦΨΩαβγδεζηθλμξπσφψω"
+
+
+def tiny_glyphs_config(**overrides) -> dict:
+    """A glyphs dataset config that builds in about a second from the DejaVu fonts.
+
+    For unit/integration tests (also as ``datasets.<name>`` in a test params.yaml): 67 letters x
+    the DejaVu designs (about 17 at the default duplicate threshold), 32 px images.
+    """
+    cfg = {
+        "kind": "glyphs",
+        "font_dirs": [DEJAVU_DIR],
+        "characters": TINY_CHARACTERS,
+        "image_size": 32,
+        "val_fraction": 0.2,
+        "max_classes": None,
+        "min_designs": 4,
+        "duplicate_threshold": DEFAULTS["duplicate_threshold"],
+    }
+    cfg.update(overrides)
+    return cfg
 
 
 # ----------------------------------------------------------------------------------- config
 
 
 def _cfg_error(key: str, why: str) -> DmlReproError:
-    return DmlReproError(f"datasets.<glyphs>.{key}: {why} (fix it in params.yaml)")
+    return DmlReproError(f"glyphs dataset setting `{key}`: {why} (fix it under datasets.<name> in params.yaml)")
 
 
 def resolve_config(cfg: dict) -> dict:
@@ -369,16 +393,19 @@ def _slug(text: str) -> str:
 
 
 def assign_design_ids(faces: Sequence[Face]) -> None:
-    """Short stable ids: file stem (plus ``-<face>`` in collections), ``-<sha8>`` on a clash."""
+    """Short stable ids: file stem (plus ``-<face>`` in collections), ``-<sha8>`` when two
+    different files share a stem. Copies of one file (same sha256 and face) share their id."""
     base = [_slug(Path(f.file).stem) + (f"-{f.index}" if f.n_faces > 1 else "") for f in faces]
-    clash = {b for b in base if base.count(b) > 1}
-    seen: set[str] = set()
+    keys: dict[str, set] = {}
     for f, b in zip(faces, base):
-        did = f"{b}-{f.sha256[:8]}" if b in clash else b
+        keys.setdefault(b, set()).add((f.sha256, f.index))
+    taken: dict[str, tuple] = {}
+    for f, b in zip(faces, base):
+        key = (f.sha256, f.index)
+        did = f"{b}-{f.sha256[:8]}" if len(keys[b]) > 1 else b
         k = 2
-        while did in seen:
+        while taken.setdefault(did, key) != key:
             did, k = f"{b}-{f.sha256[:8]}-{k}", k + 1
-        seen.add(did)
         f.design_id = did
 
 
@@ -461,7 +488,7 @@ def _probe_face(args) -> tuple[np.ndarray | None, str]:
                 continue
             img = fit_ink(ink, PROBE_SIZE, fill, nearest=bitmap_size is not None)
             out[k] = np.asarray(img, dtype=np.float32).ravel()
-    except OSError as e:  # FreeType errors, e.g. "invalid opcode" from broken hinting bytecode
+    except (OSError, ValueError) as e:  # FreeType errors, e.g. "invalid opcode" (broken hinting)
         return None, f"FreeType cannot render it ({e})"
     if blank:
         return None, f"draws nothing for probe character(s) {''.join(blank[:8])} despite its cmap"
@@ -482,7 +509,7 @@ def _render_chunk(args) -> tuple[int, list[tuple[int, str]]]:
     for cp in cps:
         try:
             ink = render_ink(font, chr(cp))
-        except OSError as e:
+        except (OSError, ValueError) as e:
             bad.append((cp, f"FreeType error ({e})"))
             continue
         if ink is None:
@@ -500,11 +527,11 @@ def _render_chunk(args) -> tuple[int, list[tuple[int, str]]]:
 
 def similarity_matrix(probes: np.ndarray) -> np.ndarray:
     """(F, P, D) probe images -> (F, F) median over probes of the per-probe Pearson correlation."""
-    x = probes.astype(np.float64)
-    x = x - x.mean(axis=2, keepdims=True)
+    x = np.array(probes, dtype=np.float32)  # a copy, normalised in place
+    x -= x.mean(axis=2, keepdims=True)
     x /= np.linalg.norm(x, axis=2, keepdims=True)
     per_probe = np.stack([x[:, p] @ x[:, p].T for p in range(x.shape[1])])  # (P, F, F)
-    return np.median(per_probe, axis=0)
+    return np.median(per_probe, axis=0).astype(np.float64)
 
 
 def select_designs(faces: Sequence[Face], sim: np.ndarray, threshold: float) -> list[tuple[int, int | None]]:
@@ -531,12 +558,15 @@ def _missing_fonts_error(cfg: dict, searched: list[dict], faces: list[Face], n_d
         f"  {s['path']}: " + (f"{s['font_files']} font file(s)" if s["exists"] else "missing")
         for s in searched
     ) or "  (no font_dirs configured)"
-    reasons: dict[str, int] = {}
+    groups: dict[str, list[Face]] = {}
     for f in faces:
         if f.status == "excluded":
-            key = re.sub(r"\d+", "N", f.reason.split(" (")[0].split(":")[0])
-            reasons[key] = reasons.get(key, 0) + 1
-    why = "".join(f"\n  {n} face(s): {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+            key = re.sub(r"[\d.]+", "N", f.reason.split(" (")[0].split(":")[0])
+            groups.setdefault(key, []).append(f)
+    why = "".join(
+        f"\n  {len(fs)} face(s), e.g. {fs[0].label()}: {fs[0].reason}"
+        for fs in sorted(groups.values(), key=lambda fs: -len(fs))
+    )
     pkgs = " ".join(GLYPH_FONT_PACKAGES)
     return DmlReproError(
         f"glyphs: {n_designs} usable font design(s) found, but min_designs = {cfg['min_designs']}.\n"
@@ -574,7 +604,8 @@ def _map(pool, fn, items: list, progress=None, weight=lambda item: 1):
 def _progress(total: int, desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False,
+                mininterval=0.5 if sys.stderr.isatty() else 5.0)
 
 
 def _versions() -> dict:
@@ -736,7 +767,7 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
                 },
                 "fonts": [f.record() for f in faces],
                 "font_dirs": searched,
-                "settings": {k: v for k, v in cfg.items()},
+                "settings": {k: v for k, v in cfg.items() if k != "workers"},  # output is independent of it
                 "versions": _versions(),
             }
             write_json(tmp / "info.json", info)
