@@ -62,7 +62,7 @@ def run(cmd, cwd, check=True, env=None, timeout=900):
     return result
 
 
-def make_workspace(path: Path, params: dict) -> Path:
+def make_workspace(path: Path, params: dict, extra_files: dict | None = None) -> Path:
     """Copy the workflow into `path` as a fresh git + DVC repository with the given params."""
     for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(REPO / name, path / name)
@@ -71,6 +71,8 @@ def make_workspace(path: Path, params: dict) -> Path:
     shutil.copytree(REPO / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / ".gitignore", path / ".gitignore")
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name, text in (extra_files or {}).items():
+        (path / name).write_text(text)
     run(["git", "init", "-q"], path)
     run(["dvc", "init", "-q"], path)
     run(["dvc", "config", "core.analytics", "false"], path)

@@ -156,10 +156,22 @@ def test_snakemake_and_dvc_declare_the_same_outputs(workspace):
     assert len(smk) == 1 + 1 + 6 * 2 * 3 + 2
 
 
+MINI_PAPER = """
+paper: mini
+title: Two rows
+tables:
+  glyphs:
+    columns: [{key: r1, dataset: glyphs, metric: recall@1}]
+    rows: [{label: Frozen, method: frozen}, {label: Contrastive, method: contrastive}]
+"""
+
+
 def test_dvc_repro_then_experiment_reruns_only_training_onward(tmp_path):
-    ws = make_workspace(tmp_path, tiny_params(methods=("frozen", "contrastive"), seeds=(0,)))
+    params = tiny_params(methods=("frozen", "contrastive"), seeds=(0,))
+    params["tables"] = ["mini/glyphs"]
+    ws = make_workspace(tmp_path, params, extra_files={"workflow/papers/mini.yaml": MINI_PAPER})
     run(["dvc", "repro"], ws)
-    assert (ws / TABLE.with_suffix(".md")).exists()
+    assert (ws / "results/tables/mini/glyphs.md").exists()
     status = run(["dvc", "status"], ws)
     assert "up to date" in status.stdout
     run(["git", "add", "-A"], ws)

@@ -1,4 +1,6 @@
 # Validation, paths and helpers shared by every rule.
+import json
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -13,7 +15,7 @@ try:  # the CLI's validation names the key, the bad value and what is allowed
     dml.validate_params(config, source=PARAMS_FILE)
 except DmlReproError as exc:
     raise WorkflowError(str(exc))
-validate(config, "../schemas/params.schema.json")
+validate(config, "../schemas/params.schema.json", set_default=False)
 
 PATHS = config["paths"]
 BACKBONE = config["backbone"]["name"]
@@ -48,9 +50,14 @@ def inputs_of_table(wildcards):
     return table_inputs(config, f"{wildcards.paper}/{wildcards.table}")
 
 
+def canonical(settings):
+    """Settings as sorted JSON: Snakemake compares params by text, so key order must not count."""
+    return json.dumps(settings, sort_keys=True)
+
+
 def dataset_params(wildcards):
-    return config["datasets"][wildcards.dataset]
+    return canonical(config["datasets"][wildcards.dataset])
 
 
 def method_params(wildcards):
-    return config["methods"][wildcards.method]
+    return canonical(config["methods"][wildcards.method])

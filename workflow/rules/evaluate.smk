@@ -5,7 +5,7 @@ rule evaluate:
     output:
         f"{RUN}/metrics.json",
     params:
-        evaluation=config["evaluation"],
+        evaluation=canonical(config["evaluation"]),
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
     benchmark:

@@ -4,8 +4,8 @@ rule extract:
     output:
         FEATURES,
     params:
-        backbone=config["backbone"],
-        extract=config["extract"],
+        backbone=canonical(config["backbone"]),
+        extract=canonical(config["extract"]),
     log:
         f"{LOGS}/extract/{{dataset}}.log",
     benchmark:

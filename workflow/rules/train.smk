@@ -5,9 +5,9 @@ rule train:
         model=f"{RUN}/model.pt",
         history=f"{RUN}/history.json",
     params:
-        train=config["train"],
+        train=canonical(config["train"]),
         method=method_params,
-        evaluation=config["evaluation"],
+        evaluation=canonical(config["evaluation"]),
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
     benchmark:
