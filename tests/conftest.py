@@ -81,6 +81,17 @@ def make_workspace(path: Path, params: dict, extra_files: dict | None = None) ->
     return path
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One intra-op thread: fast, and immune to a busy second core (OpenMP spin-waits)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def workspace(tmp_path):
     return make_workspace(tmp_path, tiny_params())

@@ -320,7 +320,8 @@ def _run(rows, splits, size, settings, dim, runner, progress) -> tuple[dict, flo
         jobs.clear()
 
     start = time.perf_counter()
-    with tqdm(total=total, unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=total, unit="img", desc="extract", disable=not progress, file=sys.stderr,
+              mininterval=0.5 if sys.stderr.isatty() else 15.0) as bar:  # sparse lines in log files
         for split, idx in splits.items():
             target = arrays[f"{split}_features"]
             n_aug = target.shape[0] - 1

@@ -51,14 +51,7 @@ def _draw(i: int) -> Image.Image:
     return img
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for the direct backbone calls here (extract_features sets its own)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
