@@ -138,7 +138,7 @@ def run_config(params: dict, dataset: str, method: str, seed: int) -> dict:
             "method": method,
             "method_cfg": params["methods"][method],
             "train": {k: v for k, v in params["train"].items() if k != "threads"},
-            "evaluation": params["evaluation"],
+            "evaluation": {k: v for k, v in params["evaluation"].items() if k != "threads"},
             "seed": seed,
         }
     )

@@ -35,6 +35,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_threads(n: int) -> None:
+    """Pin torch and faiss to the job's thread count: parallel jobs that each spin up every core's
+    worth of OpenMP threads run several times slower than pinned ones."""
+    import faiss
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
 def make_head(kind: str, in_dim: int, out_dim: int) -> torch.nn.Module:
     return IdentityHead() if kind == "identity" else EmbeddingHead(in_dim, out_dim)
 
@@ -73,7 +82,7 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
     cfg = run_config(params, dataset, method, seed)
     cfg_hash = config_hash(cfg)
     tcfg, mcfg = cfg["train"], cfg["method_cfg"]
-    torch.set_num_threads(params["train"].get("threads", 1))
+    set_threads(params["train"].get("threads", 1))
     feats = load_features(Path(params["paths"]["features"]) / dataset / f"{params['backbone']['name']}.npz")
     train_x, train_y = feats["train_features"], feats["train_labels"]
     val_x, val_y = feats["val_features"][0], feats["val_labels"]

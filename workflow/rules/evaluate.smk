@@ -10,7 +10,7 @@ rule evaluate:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.tsv"
-    threads: 1
+    threads: config["evaluation"].get("threads", 1)
     shell:
         "dmlrepro --params {PARAMS_FILE} evaluate --dataset {wildcards.dataset}"
         " --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
