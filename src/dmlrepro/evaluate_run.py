@@ -31,7 +31,7 @@ def evaluate_run(params: dict, dataset: str, method: str, seed: int, run_dir: Pa
     best = head_from_model(model, "best")
     test = _split_metrics(best, feats, "test", ks, device)
     if model["last_epoch"] == model["best_epoch"]:
-        test_last = test  # same weights: no second search
+        test_last = {k: v for k, v in test.items() if k != "nmi"}  # same weights: no second search
     else:
         test_last = _split_metrics(head_from_model(model, "last"), feats, "test", ks, device, compute_nmi=False)
     metrics = {
