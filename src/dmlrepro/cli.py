@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_PARAMS, dataset_dir, features_path, load_params, run_dir
+from .config import DEFAULT_PARAMS, check_defined, dataset_dir, features_path, load_params, run_dir
 from .errors import DmlReproError
 
 
@@ -24,8 +24,7 @@ def _device(params: dict, override: str | None) -> str:
 def cmd_prepare(params: dict, args) -> None:
     from .data import prepare_dataset
 
-    if args.dataset not in params["datasets"]:
-        raise DmlReproError(f"dataset {args.dataset!r} is not defined in params.yaml (defined: {', '.join(params['datasets'])})")
+    check_defined(params, "datasets", args.dataset)
     summary = prepare_dataset(args.dataset, params["datasets"][args.dataset], dataset_dir(params, args.dataset))
     print(json.dumps(summary.get("counts", summary), indent=2, default=str))
 

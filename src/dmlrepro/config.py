@@ -119,16 +119,17 @@ def table_paths(params: dict, paper: str, table: str) -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------------------------------------
 
-def check_run(params: dict, dataset: str, method: str, seed: int | None = None) -> None:
-    if dataset not in params["datasets"]:
-        raise DmlReproError(f"dataset {dataset!r} is not defined in params.yaml (defined: {', '.join(params['datasets'])})")
-    if method not in params["methods"]:
-        raise DmlReproError(f"method {method!r} is not defined in params.yaml (defined: {', '.join(params['methods'])})")
+def check_defined(params: dict, section: str, name: str) -> None:
+    """`name` must be an entry of params[section] (datasets, methods)."""
+    if name not in params[section]:
+        raise DmlReproError(f"{section[:-1]} {name!r} is not defined in params.yaml "
+                            f"(defined under {section}: {', '.join(params[section])})")
 
 
 def run_config(params: dict, dataset: str, method: str, seed: int) -> dict:
     """Everything that determines one run's result: its content address."""
-    check_run(params, dataset, method, seed)
+    check_defined(params, "datasets", dataset)
+    check_defined(params, "methods", method)
     return copy.deepcopy(
         {
             "dataset": dataset,

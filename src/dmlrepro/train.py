@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import atomic
-from .config import config_hash, run_config
+from .config import config_hash, features_path, run_config
 from .errors import DmlReproError
 from .evaluation import evaluate_retrieval
 from .features import load_features
@@ -83,7 +83,7 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
     cfg_hash = config_hash(cfg)
     tcfg, mcfg = cfg["train"], cfg["method_cfg"]
     set_threads(params["train"].get("threads", 1))
-    feats = load_features(Path(params["paths"]["features"]) / dataset / f"{params['backbone']['name']}.npz")
+    feats = load_features(features_path(params, dataset))
     train_x, train_y = feats["train_features"], feats["train_labels"]
     val_x, val_y = feats["val_features"][0], feats["val_labels"]
     in_dim = train_x.shape[-1]

@@ -76,3 +76,10 @@ def test_config_hash_changes_with_settings_but_not_with_threads(params):
     other = copy.deepcopy(params)
     other["train"]["threads"] = 8
     assert base == config_hash(run_config(other, "glyphs", "triplet", 0))
+
+
+def test_run_of_an_undefined_method_or_dataset_names_what_is_defined(params):
+    with pytest.raises(DmlReproError, match=r"method 'nope' is not defined .*triplet"):
+        run_config(params, "glyphs", "nope", 0)
+    with pytest.raises(DmlReproError, match=r"dataset 'cub' is not defined .*glyphs"):
+        run_config(params, "cub", "triplet", 0)
