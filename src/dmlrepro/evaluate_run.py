@@ -25,7 +25,7 @@ def evaluate_run(params: dict, dataset: str, method: str, seed: int, run_dir: Pa
             f"{run_dir / 'model.pt'} was trained with another configuration (hash {model['config_hash']}, "
             f"params.yaml now gives {cfg_hash}); rerun `dmlrepro train --dataset {dataset} --method {method} --seed {seed}`"
         )
-    feats = load_features(features_path(params, dataset))
+    feats = load_features(features_path(params, dataset), splits=("val", "test"))
     ks = cfg["evaluation"]["ks"]
     set_threads(params["evaluation"].get("threads", 1))
     best = head_from_model(model, "best")

@@ -361,7 +361,7 @@ class FeatureSet(dict):
 def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> FeatureSet:
     """Load a features file: {<split>_features (float16), <split>_labels, <split>_rows, meta (dict)}.
 
-    float32 conversion is left to the caller. `splits` lists splits that must be present.
+    float32 conversion is left to the caller. `splits` lists the splits to read, which must be present.
     """
     path = Path(path)
     if not path.is_file():
@@ -370,12 +370,21 @@ def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> Feature
         )
     try:
         with np.load(path, allow_pickle=False) as data:
-            out = FeatureSet({k: data[k] for k in data.files})
+            present = sorted(k[: -len("_features")] for k in data.files if k.endswith("_features"))
+            missing = sorted(set(splits or ()) - set(present))
+            wanted = set(splits) if splits else None  # read only the splits asked for (train is the bulk)
+            out = FeatureSet({k: data[k] for k in data.files
+                              if wanted is None or k == "meta" or k.rsplit("_", 1)[0] in wanted})
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
         raise DmlReproError(
             f"cannot read features file {path} ({exc}); delete it and run `dmlrepro extract --dataset {path.parent.name}`"
         ) from None
     out.path = path
+    if missing:
+        raise DmlReproError(
+            f"{path} has no split {', '.join(missing)}; its splits are {present} "
+            f"(re-run `dmlrepro extract --dataset {path.parent.name}` if the manifest changed)"
+        )
     if "meta" in out:
         out["meta"] = json.loads(str(out["meta"]))
     for split in splits or ():
