@@ -13,5 +13,5 @@ include: "workflow/rules/tables.smk"
 
 rule all:
     input:
-        all_tables,
+        selected_outputs,
     default_target: True

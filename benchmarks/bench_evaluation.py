@@ -74,7 +74,7 @@ def _peak_mib() -> float:
 
 
 def run_ours(x, labels, ks, chunk_size):
-    from dmlrepro import evaluation
+    from dmlrepro.evaluation import metrics as evaluation
 
     timing = {}
     kmeans = evaluation.kmeans_assign

@@ -40,7 +40,8 @@ def tiny_params(methods=("frozen", "contrastive", "triplet", "npair", "multi_sim
     params["extract"].update({"batch_size": 32, "train_views": 1, "threads": 1})
     params["train"].update({"epochs": 2, "iterations_per_epoch": 3, "batch_size": 16, "m_per_class": 4,
                             "lr_milestones": [1], "threads": 1})
-    params["experiment"] = {"datasets": ["glyphs"], "methods": list(methods), "seeds": list(seeds)}
+    params["seeds"] = list(seeds)
+    params["methods"] = {m: params["methods"][m] for m in methods}
     return params
 
 
@@ -62,17 +63,24 @@ def run(cmd, cwd, check=True, env=None, timeout=900):
     return result
 
 
-def make_workspace(path: Path, params: dict, extra_files: dict | None = None) -> Path:
-    """Copy the workflow into `path` as a fresh git + DVC repository with the given params."""
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(REPO / name, path / name)
+def make_workspace(path: Path, params: dict, extra_files: dict | None = None, papers: dict | None = None) -> Path:
+    """Copy the workflow into `path` as a fresh git + DVC repository with the given params.
+
+    papers: {name: yaml text} replaces the repository's paper declarations."""
+    shutil.copy(REPO / "Snakefile", path / "Snakefile")
     shutil.copytree(REPO / "workflow", path / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
     # dvc.yaml's deps name the package sources: give the workspace the same tree
     shutil.copytree(REPO / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / ".gitignore", path / ".gitignore")
+    if papers is not None:
+        shutil.rmtree(path / "workflow/papers")
+        (path / "workflow/papers").mkdir()
+        for name, text in papers.items():
+            (path / "workflow/papers" / f"{name}.yaml").write_text(text)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name, text in (extra_files or {}).items():
         (path / name).write_text(text)
+    run(["dmlrepro", "dvc-yaml"], path)  # the workspace's own study
     run(["git", "init", "-q"], path)
     run(["dvc", "init", "-q"], path)
     run(["dvc", "config", "core.analytics", "false"], path)

@@ -1,17 +1,19 @@
 """The `dmlrepro` command: one subcommand per pipeline stage, each reading params.yaml.
 
 Snakemake rules and DVC stages both call these subcommands, so the two front ends run the same
-code and write the same files.
+code and write the same files. Runs are named by their id (`dmlrepro list runs`), e.g.
+glyphs/efficientnet_lite0/triplet/seed0; features by dataset/backbone[-hash].
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_PARAMS, check_defined, dataset_dir, features_path, load_params, run_dir
+from .config import DEFAULT_PARAMS, check_defined, dataset_dir, load_params
 from .errors import DmlReproError
 
 
@@ -19,6 +21,12 @@ def _device(params: dict, override: str | None) -> str:
     from .backbones import resolve_device
 
     return resolve_device(override or params["device"])
+
+
+def _study(params: dict):
+    from .study import load_study
+
+    return load_study(params)
 
 
 def cmd_prepare(params: dict, args) -> None:
@@ -29,66 +37,189 @@ def cmd_prepare(params: dict, args) -> None:
     print(json.dumps(summary.get("counts", summary), indent=2, default=str))
 
 
-def cmd_extract(params: dict, args) -> None:
-    from .features import extract_features
+def _features(study, feature_id: str):
+    found = {r.features.id: r.features for r in study.runs.values()}
+    if feature_id not in found:
+        raise DmlReproError(f"no declared run uses features {feature_id!r}; declared: {', '.join(sorted(found))}")
+    return found[feature_id]
 
-    summary = extract_features(dataset_dir(params, args.dataset), params["backbone"], params["extract"],
-                               features_path(params, args.dataset), device=_device(params, args.device))
+
+def cmd_extract(params: dict, args) -> None:
+    from .backbones.extract import extract_features
+
+    feat = _features(_study(params), args.features)
+    # the run's extraction settings, plus the machine-only ones (batch size, threads) of params.yaml
+    settings = {**feat.config["extract"], **{k: params["extract"][k] for k in ("batch_size", "threads")
+                                             if k in params["extract"]}}
+    summary = extract_features(dataset_dir(params, feat.dataset), feat.config["backbone"], settings,
+                               feat.path(params), device=_device(params, args.device))
     print(json.dumps(summary, indent=2, default=str))
 
 
 def cmd_train(params: dict, args) -> None:
-    from .train import train_run
+    from .training.frozen import train_run
 
-    summary = train_run(params, args.dataset, args.method, args.seed,
-                        run_dir(params, args.dataset, args.method, args.seed), _device(params, args.device))
+    run = _study(params).run(args.run)
+    summary = train_run(params, run, run.dir(params), _device(params, args.device),
+                        test_every_epoch=args.test_every_epoch)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_evaluate(params: dict, args) -> None:
-    from .evaluate_run import evaluate_run
+    from .evaluation.run import evaluate_run
 
-    metrics = evaluate_run(params, args.dataset, args.method, args.seed,
-                           run_dir(params, args.dataset, args.method, args.seed), _device(params, args.device))
+    run = _study(params).run(args.run)
+    metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi,
+                           paper_protocol=args.paper_protocol)
     print(json.dumps(metrics["test"], indent=2))
 
 
 def cmd_table(params: dict, args) -> None:
-    from .tables import write_table
-    from .tracking import log_table
+    from .reporting.tables import write_table
+    from .reporting.tracking import log_target
 
-    for path in write_table(params, args.table):
+    table = _study(params).table(args.table)
+    for path in write_table(params, table):
         print(f"wrote {path}")
     if not args.no_mlflow:
-        created = log_table(params, args.table)
+        created = log_target(params, table)
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): {created} new run(s) logged")
+
+
+def cmd_figure(params: dict, args) -> None:
+    from .reporting.figures import write_figure
+    from .reporting.tracking import log_target
+
+    sweep = _study(params).sweep(args.figure)
+    for path in write_figure(params, sweep):
+        print(f"wrote {path}")
+    if not args.no_mlflow:
+        created = log_target(params, sweep)
         print(f"MLflow ({params['mlflow']['tracking_uri']}): {created} new run(s) logged")
 
 
 def cmd_mlflow_init(params: dict, args) -> None:
-    from .tracking import init_store
+    from .reporting.tracking import init_store
 
     init_store(params["mlflow"]["tracking_uri"])
 
 
 def cmd_validate(params: dict, args) -> None:
-    from .tables import load_table
-
-    for ref in params["tables"]:
-        load_table(params, ref)
-    print("params and table declarations are valid")
+    study = _study(params)
+    tables, sweeps = study.selected()
+    print(f"params and declarations are valid: {len(study.tables)} tables, {len(study.sweeps)} figures, "
+          f"{len(study.runs)} runs declared; selected {len(tables)} tables and {len(sweeps)} figures, "
+          f"{len(study.runs_of(tables, sweeps))} runs")
 
 
 def cmd_list(params: dict, args) -> None:
     from .backbones import BACKBONES
     from .data import DATASETS
-    from .losses import LOSSES, MINERS
+    from .methods import LOSSES, MINERS
 
-    registries = {"backbones": BACKBONES, "losses": LOSSES, "miners": MINERS, "dataset-kinds": DATASETS}
+    if args.what == "runs":
+        return _list_runs(params, args)
     if args.what == "methods":
         for name, m in params["methods"].items():
             print(f"{name}: {m['loss']}" + (f" + miner {m['miner']}" if m.get("miner") else ""))
         return
+    if args.what == "tables":
+        study = _study(params)
+        print("\n".join([*(f"table  {r}" for r in study.tables), *(f"figure {r}" for r in study.sweeps)]))
+        return
+    registries = {"backbones": BACKBONES, "losses": LOSSES, "miners": MINERS, "dataset-kinds": DATASETS}
     print("\n".join(registries[args.what].names()))
+
+
+def _list_runs(params: dict, args) -> None:
+    """What a target trains: one line per run, with its config hash and whether it exists."""
+    study = _study(params)
+    if args.table:
+        targets = [study.table(args.table) if args.table in study.tables else study.sweep(args.table)]
+        runs = study.runs_of([t for t in targets if t.ref in study.tables],
+                             [t for t in targets if t.ref in study.sweeps])
+    else:
+        runs = study.runs_of(*study.selected())
+    done = 0
+    for run in runs:
+        metrics = run.dir(params) / "metrics.json"
+        state = "missing"
+        if (run.dir(params) / "model.pt").exists():
+            state = "trained"
+        if metrics.exists() and json.loads(metrics.read_text()).get("config_hash") == run.hash:
+            state, done = "evaluated", done + 1
+        needs = study.needs[run.id]
+        flags = " ".join(filter(None, [needs.train_flags(), needs.evaluate_flags()]))
+        print(f"{run.id:60s} {run.hash}  {state:9s} {flags}")
+    print(f"{len(runs)} runs, {done} evaluated, {len(runs) - done} to train or evaluate", file=sys.stderr)
+
+
+def cmd_dvc_yaml(params: dict, args) -> None:
+    from .study.dvc_yaml import render_dvc_yaml
+
+    text = render_dvc_yaml(_study(params))
+    path = Path(args.output)
+    if args.check:
+        if not path.is_file() or path.read_text("utf-8") != text:
+            raise DmlReproError(f"{path} is stale: it does not match params.yaml and the paper declarations; "
+                                f"regenerate it with `dmlrepro dvc-yaml` and commit it")
+        print(f"{path} is up to date")
+        return
+    from .atomic import write_text
+
+    write_text(path, text)
+    print(f"wrote {path} ({text.count(chr(10))} lines)")
+
+
+def cmd_dvc_commit(params: dict, args) -> None:
+    """Record what Snakemake built in dvc.lock, so DVC reruns only what changes afterwards."""
+    import shutil
+    import subprocess
+
+    from .study.dvc_yaml import render_dvc_yaml
+
+    if not Path(".dvc").is_dir() or shutil.which("dvc") is None:
+        print("no DVC repository here (or no dvc command): nothing to record")
+        return
+    if not Path("dvc.yaml").is_file() or Path("dvc.yaml").read_text("utf-8") != render_dvc_yaml(_study(params)):
+        raise DmlReproError("dvc.yaml does not match params.yaml and the declarations, so DVC would record other "
+                            "stages; run `dmlrepro dvc-yaml`, then `dvc commit --force`")
+    stages = [] if args.all else _built_stages(params)
+    # DVC re-links the files it caches, which renews their modification times; Snakemake would then
+    # see features newer than models and rerun everything, so the times are put back.
+    times = _modification_times(Path(params["paths"]["data"]), Path("results"))
+    result = subprocess.run(["dvc", "commit", "--force", "--quiet", *stages], capture_output=True, text=True)
+    for path, (atime, mtime) in times.items():
+        try:
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+    if result.returncode != 0:
+        raise DmlReproError(f"`dvc commit` failed: {result.stderr.strip() or result.stdout.strip()}")
+    print(f"recorded {len(stages) or 'all'} stage(s) in dvc.lock")
+
+
+def _modification_times(*roots: Path) -> dict:
+    times = {}
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            for path in [folder, *(os.path.join(folder, f) for f in files)]:
+                st = os.lstat(path)
+                times[path] = (st.st_atime_ns, st.st_mtime_ns)
+    return times
+
+
+def _built_stages(params: dict) -> list[str]:
+    """The dvc.yaml stages whose outputs all exist (a partial Snakemake build records only those)."""
+    import yaml
+
+    stages = yaml.safe_load(Path("dvc.yaml").read_text("utf-8"))["stages"]
+    built = []
+    for name, stage in stages.items():
+        outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics") for o in stage.get(key, [])]
+        if all(Path(o).exists() for o in outs):
+            built.append(name)
+    return built
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,22 +234,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("prepare", cmd_prepare, "build a dataset's images and manifest").add_argument("--dataset", required=True)
     p = add("extract", cmd_extract, "cache frozen backbone features of a prepared dataset")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--features", required=True, help="DATASET/BACKBONE[-HASH], as `dmlrepro list runs` uses")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    for name, fn, text in (("train", cmd_train, "train an embedding head on cached features"),
-                           ("evaluate", cmd_evaluate, "evaluate a trained run on val and test")):
+    p = add("train", cmd_train, "train an embedding head on cached features")
+    p.add_argument("--run", required=True, help="run id, e.g. glyphs/efficientnet_lite0/triplet/seed0")
+    p.add_argument("--test-every-epoch", action="store_true",
+                   help="also score test each epoch and keep the best-on-test weights (papers' protocol)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p = add("evaluate", cmd_evaluate, "evaluate a trained run on val and test")
+    p.add_argument("--run", required=True)
+    p.add_argument("--nmi", action="store_true", help="compute NMI (k-means) too")
+    p.add_argument("--paper-protocol", action="store_true", help="also evaluate the best-on-test epoch")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    for name, fn, text in (("table", cmd_table, "build a paper table (.md, .csv) and log its runs to MLflow"),
+                           ("figure", cmd_figure, "build a sweep figure (.png, .csv) and log its runs to MLflow")):
         p = add(name, fn, text)
-        p.add_argument("--dataset", required=True)
-        p.add_argument("--method", required=True)
-        p.add_argument("--seed", type=int, required=True)
-        p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p = add("table", cmd_table, "build a paper table (.md, .csv) and log its runs to MLflow")
-    p.add_argument("--table", required=True, help="PAPER/TABLE as listed in params.yaml `tables`")
-    p.add_argument("--no-mlflow", action="store_true", help="only write the table files")
+        p.add_argument(f"--{name}", required=True, help="PAPER/NAME as declared in workflow/papers/PAPER.yaml")
+        p.add_argument("--no-mlflow", action="store_true", help="only write the files")
     add("mlflow-init", cmd_mlflow_init, "create the MLflow store (before parallel jobs start)")
-    add("validate", cmd_validate, "check params.yaml and the table declarations")
-    add("list", cmd_list, "list registered components").add_argument(
-        "what", choices=["backbones", "losses", "miners", "dataset-kinds", "methods"])
+    add("validate", cmd_validate, "check params.yaml and every paper declaration")
+    p = add("list", cmd_list, "list runs, tables or registered components")
+    p.add_argument("what", choices=["runs", "tables", "backbones", "losses", "miners", "dataset-kinds", "methods"])
+    p.add_argument("--table", help="with `runs`: only the runs of this PAPER/TABLE (or PAPER/SWEEP)")
+    p = add("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from params.yaml and the declarations")
+    p.add_argument("--output", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="fail if the file is stale instead of writing it")
+    p = add("dvc-commit", cmd_dvc_commit, "record a Snakemake build in dvc.lock (the Snakefile's onsuccess does)")
+    p.add_argument("--all", action="store_true", help="commit every stage, not only those whose outputs exist")
     return parser
 
 

@@ -1,13 +1,11 @@
 """Load and validate params.yaml, and resolve the configuration of one run.
 
 The JSON schema in workflow/schemas/ is the single definition of what params.yaml may hold;
-Snakemake validates with it too. Cross-references the schema cannot express (a method named in
-`experiment` must be defined in `methods`, ...) are checked here.
+Snakemake validates with it too. Cross-references the schema cannot express (batch size a multiple of m_per_class, ...) are
+checked here, for params.yaml and for every run a declaration resolves (section_problems).
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 from functools import lru_cache
 from importlib import resources
@@ -77,22 +75,40 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> None:
 
 
 def _cross_reference_problems(params: dict) -> list[str]:
+    return [f"train.{p}" for p in _train_problems(params["train"])]
+
+
+def _train_problems(train: dict) -> list[str]:
     problems = []
-    exp = params["experiment"]
-    for ds in exp["datasets"]:
-        if ds not in params["datasets"]:
-            problems.append(f"experiment.datasets: {ds!r} is not defined under datasets (defined: {', '.join(params['datasets'])})")
-    for m in exp["methods"]:
-        if m not in params["methods"]:
-            problems.append(f"experiment.methods: {m!r} is not defined under methods (defined: {', '.join(params['methods'])})")
-    train = params["train"]
     if train["batch_size"] % train["m_per_class"]:
-        problems.append(
-            f"train.batch_size: {train['batch_size']} is not a multiple of train.m_per_class ({train['m_per_class']})"
-        )
+        problems.append(f"batch_size: {train['batch_size']} is not a multiple of m_per_class ({train['m_per_class']})")
     for e in train.get("lr_milestones", []):
         if e >= train["epochs"]:
-            problems.append(f"train.lr_milestones: epoch {e} is not below train.epochs ({train['epochs']})")
+            problems.append(f"lr_milestones: epoch {e} is not below epochs ({train['epochs']})")
+    return problems
+
+
+def section_problems(run_cfg: dict) -> list[str]:
+    """Check a resolved run configuration (after presets and overrides) against the same schema."""
+    import jsonschema
+
+    full = schema()
+    problems = []
+    for section, fragment in (("backbone", full["properties"]["backbone"]), ("regime", full["properties"]["regime"]),
+                              ("extract", full["properties"]["extract"]), ("train", full["properties"]["train"]),
+                              ("evaluation", full["properties"]["evaluation"]),
+                              ("method", {"$ref": "#/$defs/method"})):
+        value = run_cfg[section]
+        if section == "method":
+            value = {k: v for k, v in value.items() if k != "name"}
+        sub = {**fragment, "$defs": full["$defs"]}
+        for e in jsonschema.Draft202012Validator(sub).iter_errors(value):
+            problems.append(f"{section}.{_describe(e)}" if e.absolute_path else f"{section}: {_describe(e)}")
+    if not problems:
+        problems += [f"train.{p}" for p in _train_problems(run_cfg["train"])]
+        from .methods import method_problems
+
+        problems += [f"method.{p}" for p in method_problems(run_cfg["method"])]
     return problems
 
 
@@ -104,47 +120,18 @@ def dataset_dir(params: dict, dataset: str) -> Path:
     return Path(params["paths"]["data"]) / dataset
 
 
-def features_path(params: dict, dataset: str) -> Path:
-    return Path(params["paths"]["features"]) / dataset / f"{params['backbone']['name']}.npz"
-
-
-def run_dir(params: dict, dataset: str, method: str, seed: int) -> Path:
-    return Path(params["paths"]["runs"]) / dataset / params["backbone"]["name"] / method / f"seed{seed}"
-
-
 def table_paths(params: dict, paper: str, table: str) -> tuple[Path, Path]:
     base = Path(params["paths"]["tables"]) / paper / table
     return base.with_suffix(".md"), base.with_suffix(".csv")
 
 
-# ---------------------------------------------------------------------------------------------
+def figure_paths(params: dict, paper: str, sweep: str) -> tuple[Path, Path]:
+    base = Path(params["paths"]["figures"]) / paper / sweep
+    return base.with_suffix(".png"), base.with_suffix(".csv")
+
 
 def check_defined(params: dict, section: str, name: str) -> None:
     """`name` must be an entry of params[section] (datasets, methods)."""
     if name not in params[section]:
         raise DmlReproError(f"{section[:-1]} {name!r} is not defined in params.yaml "
                             f"(defined under {section}: {', '.join(params[section])})")
-
-
-def run_config(params: dict, dataset: str, method: str, seed: int) -> dict:
-    """Everything that determines one run's result: its content address."""
-    check_defined(params, "datasets", dataset)
-    check_defined(params, "methods", method)
-    return copy.deepcopy(
-        {
-            "dataset": dataset,
-            "dataset_cfg": params["datasets"][dataset],
-            "backbone": params["backbone"],
-            "extract": params["extract"],
-            "method": method,
-            "method_cfg": params["methods"][method],
-            "train": {k: v for k, v in params["train"].items() if k != "threads"},
-            "evaluation": {k: v for k, v in params["evaluation"].items() if k != "threads"},
-            "seed": seed,
-        }
-    )
-
-
-def config_hash(cfg: dict) -> str:
-    canonical = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,7 +1,9 @@
 """End to end with the real tools: snakemake --cores 2, dvc repro / exp run, MLflow server."""
 from __future__ import annotations
 
+import csv
 import json
+import re
 import socket
 import subprocess
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli_env, make_workspace, run, tiny_params
+from conftest import REPO, cli_env, make_workspace, run, tiny_params
 
 pytestmark = pytest.mark.integration
 TABLE = Path("results/tables/baselines/glyphs")
@@ -30,7 +32,7 @@ def test_snakemake_builds_tables_and_records_benchmarks(built):
     for label in ("Frozen backbone (no training)", "Contrastive", "Triplet", "N-pair", "Multi-Similarity", "Proxy-Anchor"):
         assert label in md
     rows = (ws / TABLE.with_suffix(".csv")).read_text().splitlines()
-    assert len(rows) == 1 + 6 and rows[0].startswith("row,method,r1_mean,r1_ci95,r1_n")
+    assert len(rows) == 1 + 6 and rows[0].startswith("protocol,row,method,run,r1_mean,r1_ci95,r1_n")
     metrics = json.loads((ws / "results/runs/glyphs/efficientnet_lite0/triplet/seed1/metrics.json").read_text())
     assert set(metrics["test"]) == {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi"}
     assert 1 <= metrics["best_epoch"] <= 2
@@ -131,7 +133,7 @@ def test_killed_training_resumes_and_ends_with_the_same_metrics(built, tmp_path)
     params["paths"].update({"runs": str(tmp_path / "runs"), "checkpoints": str(tmp_path / "ckpt")})
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
-    cmd = ["dmlrepro", "--params", str(pfile), "train", "--dataset", "glyphs", "--method", "multi_similarity", "--seed", "0"]
+    cmd = ["dmlrepro", "--params", str(pfile), "train", "--run", "glyphs/efficientnet_lite0/multi_similarity/seed0"]
     env = cli_env()
     env["DMLREPRO_STOP_AFTER_EPOCH"] = "1"
     killed = run(cmd, ws, check=False, env=env)
@@ -145,43 +147,155 @@ def test_killed_training_resumes_and_ends_with_the_same_metrics(built, tmp_path)
     assert strip(ours) == strip(reference)
 
 
-def test_snakemake_and_dvc_declare_the_same_outputs(workspace):
-    summary = run(["snakemake", "--cores", "1", "--summary"], workspace).stdout
-    smk = {line.split("\t")[0] for line in summary.splitlines()[1:] if line.strip()}
-    smk = {p for p in smk if not p.startswith(("results/logs", "results/benchmarks"))}
+def snakemake_outputs(ws: Path) -> set:
+    summary = run(["snakemake", "--cores", "1", "--summary"], ws).stdout
+    outs = {line.split("\t")[0] for line in summary.splitlines()[1:] if line.strip()}
+    return {p for p in outs if not p.startswith(("results/logs", "results/benchmarks"))}
+
+
+def dvc_outputs(ws: Path) -> set:
     code = ("import json; from dvc.repo import Repo; r = Repo('.');"
             "print(json.dumps(sorted(str(o.fs_path).replace(r.root_dir + '/', '') for o in r.index.outs)))")
-    dvc_outs = set(json.loads(run(["python", "-c", code], workspace).stdout))
-    assert smk == dvc_outs
+    return set(json.loads(run(["python", "-c", code], ws).stdout))
+
+
+def test_snakemake_and_dvc_declare_the_same_outputs(workspace):
+    smk = snakemake_outputs(workspace)
+    assert smk == dvc_outputs(workspace)
     assert len(smk) == 1 + 1 + 6 * 2 * 3 + 2
 
 
-MINI_PAPER = """
+# Two tables sharing rows, a paper-protocol table and a sweep whose default point is a table row.
+STUDY = """
 paper: mini
-title: Two rows
+title: Two tables and a sweep
+presets:
+  small: {train.embedding_dim: 128}
 tables:
-  glyphs:
-    columns: [{key: r1, dataset: glyphs, metric: recall@1}]
+  a:
+    caption: Table A of the mini study.
+    columns: [{key: r1, dataset: glyphs, metric: recall@1}, {key: nmi, dataset: glyphs, metric: nmi}]
     rows: [{label: Frozen, method: frozen}, {label: Contrastive, method: contrastive}]
+  b:
+    caption: Table B of the mini study.
+    protocols: [honest, paper]
+    columns: [{key: r1, dataset: glyphs, metric: recall@1}]
+    rows:
+      - {label: Contrastive, method: contrastive}
+      - {label: Contrastive 128-d, method: contrastive, preset: small, published: {r1: 50.0}}
+sweeps:
+  margin:
+    caption: Contrastive negative margin.
+    base: {table: a, row: Contrastive}
+    parameter: method.loss_args.neg_margin
+    values: [0.3, 0.5]
+    datasets: [glyphs]
+    metric: recall@1
 """
 
 
-def test_dvc_repro_then_experiment_reruns_only_training_onward(tmp_path):
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The mini study built by real `snakemake --cores 2`, handed to DVC by the Snakefile's onsuccess."""
     params = tiny_params(methods=("frozen", "contrastive"), seeds=(0,))
-    params["tables"] = ["mini/glyphs"]
-    ws = make_workspace(tmp_path, params, extra_files={"workflow/papers/mini.yaml": MINI_PAPER})
-    run(["dvc", "repro"], ws)
-    assert (ws / "results/tables/mini/glyphs.md").exists()
+    params.update({"tables": ["mini/a", "mini/b"], "figures": ["mini/margin"]})
+    ws = make_workspace(tmp_path_factory.mktemp("study"), params, papers={"mini": STUDY})
+    assert snakemake_outputs(ws) == dvc_outputs(ws)  # before anything is built
+    built = run(["snakemake", "--cores", "2"], ws)
+    return ws, built
+
+
+def test_study_shares_runs_between_tables_and_the_sweep(study):
+    ws, built = study
+    counts = _job_counts(built.stdout + built.stderr)
+    # 10 cells (a: 2x2, b: 2 rows x 2 protocols, sweep: 2 points) from 4 runs: frozen, contrastive
+    # (in a, b and the sweep's default point), contrastive 128-d, contrastive neg_margin=0.3
+    assert counts["train"] == 4 and counts["evaluate"] == 4 and counts["table"] == 2 and counts["figure"] == 1
+    runs = sorted(p.parent.relative_to(ws / "results/runs").as_posix()
+                  for p in (ws / "results/runs").rglob("metrics.json"))
+    assert len(runs) == 4 and "glyphs/efficientnet_lite0/contrastive/seed0" in runs
+    listed = run(["dmlrepro", "list", "runs", "--table", "mini/b"], ws).stdout
+    assert listed.count("evaluated") == 2 and "--test-every-epoch" in listed
+
+
+def test_tables_show_both_protocols_and_only_the_needed_metrics(study):
+    ws, _ = study
+    md = (ws / "results/tables/mini/b.md").read_text()
+    assert "## Protocol: honest" in md and "## Protocol: paper" in md and "paper 50" in md and "single run" in md
+    rows = list(csv.DictReader((ws / "results/tables/mini/b.csv").open()))
+    assert [r["protocol"] for r in rows] == ["honest", "honest", "paper", "paper"]
+    base = ws / "results/runs/glyphs/efficientnet_lite0"
+    shared = json.loads((base / "contrastive/seed0/metrics.json").read_text())
+    history = json.loads((base / "contrastive/seed0/history.json").read_text())
+    # the papers' protocol: the best test epoch, read from the per-epoch test scores
+    best = max(history["epochs"], key=lambda e: e["test"]["recall@1"])
+    assert shared["test_best_epoch"] == best["epoch"]
+    assert shared["test_paper"]["recall@1"] == pytest.approx(best["test"]["recall@1"])
+    assert "nmi" in shared["test"]  # table a asks NMI of this run
+    frozen = json.loads((base / "frozen/seed0/metrics.json").read_text())
+    assert "nmi" in frozen["test"] and "test_paper" not in frozen
+    small = next(p for p in base.iterdir() if p.name.startswith("contrastive-"))
+    metrics = [json.loads((p / "seed0/metrics.json").read_text()) for p in base.iterdir() if p.name.startswith("contrastive-")]
+    assert any("nmi" not in m["test"] for m in metrics) and small.name != "contrastive"
+
+
+def test_figure_has_one_point_per_value(study):
+    ws, _ = study
+    rows = list(csv.DictReader((ws / "results/figures/mini/margin.csv").open()))
+    assert [float(r["value"]) for r in rows] == [0.3, 0.5]
+    assert rows[1]["run"] == "contrastive"  # the default margin is the table's run
+    table_a = list(csv.DictReader((ws / "results/tables/mini/a.csv").open()))
+    assert float(rows[1]["mean"]) == float(next(r for r in table_a if r["row"] == "Contrastive")["r1_mean"])
+    png = (ws / "results/figures/mini/margin.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_report_holds_every_table_and_figure(study, tmp_path):
+    ws, _ = study
+    report = tmp_path / "report.html"
+    run(["snakemake", "--report", str(report)], ws)
+    html = report.read_text(errors="replace")
+    for name in ("a.csv", "b.csv", "margin.png", "Table A of the mini study", "Contrastive negative margin"):
+        assert name in html, name
+
+
+def test_snakemake_build_is_recorded_in_dvc_and_an_ablation_reruns_only_its_runs(study):
+    ws, _ = study
     status = run(["dvc", "status"], ws)
-    assert "up to date" in status.stdout
+    assert "up to date" in status.stdout, status.stdout
     run(["git", "add", "-A"], ws)
-    run(["git", "commit", "-qm", "baseline"], ws)
-    exp = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], ws)
-    ran = exp.stdout + exp.stderr
-    assert "Running stage 'train@" in ran and "Running stage 'evaluate@" in ran
-    assert "Running stage 'prepare" not in ran and "Running stage 'extract" not in ran
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], ws).stdout)
-    assert "metrics.json" in json.dumps(shown) and "recall@1" in json.dumps(shown)
+    run(["git", "commit", "-qm", "built with snakemake"], ws)
+    exp = run(["dvc", "exp", "run", "-S", "methods.contrastive.loss_args.pos_margin=0.05"], ws)
+    ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout + exp.stderr))
+    trained = {s for s in ran if s.startswith("train-")}
+    assert len(trained) == 3 and all("contrastive" in s for s in trained), ran
+    assert {s for s in ran if s.startswith("evaluate-")} == {s.replace("train-", "evaluate-") for s in trained}
+    assert {"table-mini-a", "table-mini-b", "figure-mini-margin"} <= ran
+    assert not any(s.startswith(("prepare-", "extract-")) or "frozen" in s for s in ran), ran
+    shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], ws).stdout))
+    assert "pos_margin" in shown and "recall@1" in shown
+
+
+def test_dvc_repro_builds_the_same_study_as_snakemake(study, tmp_path):
+    ws, _ = study
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    fresh = make_workspace(tmp_path, params, papers={"mini": STUDY})
+    out = run(["dvc", "repro"], fresh)
+    ran = re.findall(r"Running stage '([^']+)'", out.stdout + out.stderr)
+    assert sum(s.startswith("train-") for s in ran) == 4
+    for name in ("tables/mini/a.csv", "tables/mini/b.csv", "figures/mini/margin.csv"):
+        assert (fresh / "results" / name).read_text() == (ws / "results" / name).read_text(), name
+    assert "up to date" in run(["dvc", "status"], fresh).stdout
+
+
+def test_checked_in_dvc_yaml_matches_the_declarations():
+    result = run(["dmlrepro", "dvc-yaml", "--check"], REPO, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_snakemake_lint_is_clean(workspace):
+    lint = run(["snakemake", "--lint"], workspace, check=False)
+    assert lint.returncode == 0 and "good condition" in lint.stdout + lint.stderr, lint.stdout
 
 
 def test_bad_params_fail_fast_naming_the_key(workspace):

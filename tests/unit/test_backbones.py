@@ -11,9 +11,9 @@ from dmlrepro.backbones import (
     Backbone,
     compile_for_inference,
     create_backbone,
-    efficientnet_lite0,
     resolve_device,
 )
+from dmlrepro.backbones.efficientnet import efficientnet_lite0
 from dmlrepro.errors import DmlReproError
 
 SIZE = 64

@@ -1,10 +1,11 @@
 import copy
 
 import pytest
-import yaml
 
-from dmlrepro.config import config_hash, load_params, run_config, validate_params
+from dmlrepro.config import (check_defined, figure_paths, load_params, section_problems, table_paths,
+                             validate_params)
 from dmlrepro.errors import DmlReproError
+from dmlrepro.study.runs import resolve_run
 from conftest import REPO
 
 
@@ -21,6 +22,7 @@ def _error(params) -> str:
 
 def test_repository_params_are_valid(params):
     assert params["backbone"]["name"] == "efficientnet_lite0"
+    assert params["seeds"] and params["regime"] == "frozen"
 
 
 def test_typo_names_the_key_and_the_allowed_ones(params):
@@ -40,16 +42,35 @@ def test_unknown_method_loss_lists_allowed(params):
     assert 'methods.mine.loss: "arcface2" is not allowed' in msg and '"triplet"' in msg
 
 
-def test_experiment_must_reference_defined_methods_and_datasets(params):
-    params["experiment"]["methods"].append("nonexistent")
-    params["experiment"]["datasets"].append("cub")
+def test_removed_experiment_section_is_an_unknown_key(params):
+    params["experiment"] = {"methods": ["triplet"], "datasets": ["glyphs"], "seeds": [0]}
     msg = _error(params)
-    assert "'nonexistent' is not defined under methods" in msg and "'cub' is not defined under datasets" in msg
+    assert "unknown key experiment" in msg and "seeds" in msg and "tables" in msg
+
+
+def test_top_level_seeds_figures_regime_are_checked(params):
+    bad = copy.deepcopy(params)
+    del bad["seeds"]
+    assert "'seeds' is a required property" in _error(bad)
+    bad = copy.deepcopy(params)
+    bad["seeds"] = [0, 0]
+    assert "seeds" in _error(bad)
+    bad = copy.deepcopy(params)
+    bad["figures"] = ["no_slash"]
+    assert "figures.0" in _error(bad)
+    bad = copy.deepcopy(params)
+    bad["regime"] = "finetune"
+    assert 'regime: "finetune" is not allowed; choose one of: "frozen"' in _error(bad)
 
 
 def test_batch_must_divide_into_classes(params):
     params["train"]["batch_size"] = 130
-    assert "not a multiple of train.m_per_class" in _error(params)
+    assert "train.batch_size: 130 is not a multiple of m_per_class (4)" in _error(params)
+
+
+def test_lr_milestones_must_be_below_epochs(params):
+    params["train"]["lr_milestones"] = [params["train"]["epochs"]]
+    assert "train.lr_milestones: epoch" in _error(params)
 
 
 def test_unknown_dataset_key_is_rejected(params):
@@ -67,19 +88,39 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_config_hash_changes_with_settings_but_not_with_threads(params):
-    base = config_hash(run_config(params, "glyphs", "triplet", 0))
-    assert base == config_hash(run_config(params, "glyphs", "triplet", 0))
-    assert base != config_hash(run_config(params, "glyphs", "triplet", 1))
+    base = resolve_run(params, "glyphs", "triplet", 0).hash
+    assert base == resolve_run(params, "glyphs", "triplet", 0).hash
+    assert base != resolve_run(params, "glyphs", "triplet", 1).hash
     other = copy.deepcopy(params)
     other["train"]["lr"] = 3e-4
-    assert base != config_hash(run_config(other, "glyphs", "triplet", 0))
+    assert base != resolve_run(other, "glyphs", "triplet", 0).hash
     other = copy.deepcopy(params)
     other["train"]["threads"] = 8
-    assert base == config_hash(run_config(other, "glyphs", "triplet", 0))
+    assert base == resolve_run(other, "glyphs", "triplet", 0).hash
 
 
 def test_run_of_an_undefined_method_or_dataset_names_what_is_defined(params):
     with pytest.raises(DmlReproError, match=r"method 'nope' is not defined .*triplet"):
-        run_config(params, "glyphs", "nope", 0)
+        resolve_run(params, "glyphs", "nope", 0)
     with pytest.raises(DmlReproError, match=r"dataset 'cub' is not defined .*glyphs"):
-        run_config(params, "cub", "triplet", 0)
+        resolve_run(params, "cub", "triplet", 0)
+    with pytest.raises(DmlReproError, match=r"method 'nope' is not defined .*triplet"):
+        check_defined(params, "methods", "nope")
+
+
+def test_section_problems_of_a_resolved_run(params):
+    assert section_problems(resolve_run(params, "glyphs", "triplet", 0).config) == []
+    run = resolve_run(params, "glyphs", "triplet", 0, [("test", {"train.batch_size": 130})])
+    assert section_problems(run.config) == ["train.batch_size: 130 is not a multiple of m_per_class (4)"]
+    run = resolve_run(params, "glyphs", "triplet", 0, [("test", {"train.lr": -1})])
+    assert any("train.lr: -1 is out of range" in p for p in section_problems(run.config))
+    run = resolve_run(params, "glyphs", "triplet", 0, [("test", {"method.loss_args.marign": 0.1})])
+    (problem,) = section_problems(run.config)
+    assert problem.startswith("method.") and "marign" in problem and "margin" in problem
+
+
+def test_artefact_paths(params):
+    md, csv = table_paths(params, "p", "t")
+    assert (str(md), str(csv)) == ("results/tables/p/t.md", "results/tables/p/t.csv")
+    png, csv = figure_paths(params, "p", "s")
+    assert (str(png), str(csv)) == ("results/figures/p/s.png", "results/figures/p/s.csv")

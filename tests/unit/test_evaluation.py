@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dmlrepro.errors import DmlReproError
-from dmlrepro.evaluation import evaluate_retrieval, normalized_mutual_info
+from dmlrepro.evaluation.metrics import evaluate_retrieval, normalized_mutual_info
 
 RETRIEVAL_KEYS = ("map@r", "r_precision")
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from dmlrepro.backbones import create_backbone
 from dmlrepro.errors import DmlReproError
-from dmlrepro.features import (
+from dmlrepro.backbones.extract import (
     augmented_view,
     centre_view,
     extract_features,
@@ -202,7 +202,7 @@ def test_bad_settings_are_reported(dataset, tmp_path):
 
 def test_load_features_errors(extracted, tmp_path):
     missing = tmp_path / "features" / "glyphs" / "efficientnet_lite0.npz"
-    with pytest.raises(DmlReproError, match="dmlrepro extract --dataset glyphs"):
+    with pytest.raises(DmlReproError, match="dmlrepro extract --features glyphs/efficientnet_lite0"):
         load_features(missing)
     with pytest.raises(DmlReproError, match="query"):
         load_features(extracted[0], splits=["train", "query"])

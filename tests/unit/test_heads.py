@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dmlrepro.heads import EmbeddingHead, IdentityHead
+from dmlrepro.training.heads import EmbeddingHead, IdentityHead
 
 
 def test_embedding_head_shape_and_unit_norm():

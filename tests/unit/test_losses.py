@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import yaml
 
 from dmlrepro.errors import DmlReproError
-from dmlrepro.heads import EmbeddingHead
-from dmlrepro.losses import LOSSES, MINERS, Criterion, allowed_args, build_criterion
+from dmlrepro.training.heads import EmbeddingHead
+from dmlrepro.methods import LOSSES, MINERS, Criterion, allowed_args, build_criterion
 
 ROOT = Path(__file__).resolve().parents[2]
 DT = torch.float64

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dmlrepro.errors import DmlReproError
-from dmlrepro.sampler import MPerClassBatchSampler
+from dmlrepro.training.sampler import MPerClassBatchSampler
 
 
 def _labels(sizes):

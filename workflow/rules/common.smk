@@ -1,4 +1,4 @@
-# Validation, paths and helpers shared by every rule.
+# Validation, the study (every run the paper declarations need) and helpers shared by every rule.
 import json
 
 from snakemake.exceptions import WorkflowError
@@ -6,31 +6,38 @@ from snakemake.utils import validate
 
 from dmlrepro import config as dml
 from dmlrepro.errors import DmlReproError
-from dmlrepro.tables import table_inputs, table_paths
+from dmlrepro.study import load_study
+from dmlrepro.study import stages
+from dmlrepro.study.runs import semantic as dml_semantic
 
 
 PARAMS_FILE = workflow.configfiles[-1] if workflow.configfiles else "params.yaml"
 
 try:  # the CLI's validation names the key, the bad value and what is allowed
     dml.validate_params(config, source=PARAMS_FILE)
+    STUDY = load_study(config)
 except DmlReproError as exc:
     raise WorkflowError(str(exc))
 validate(config, "../schemas/params.schema.json", set_default=False)
 
 PATHS = config["paths"]
-BACKBONE = config["backbone"]["name"]
-RUN = f"{PATHS['runs']}/{{dataset}}/{BACKBONE}/{{method}}/seed{{seed}}"
-FEATURES = f"{PATHS['features']}/{{dataset}}/{BACKBONE}.npz"
+RUN = f"{PATHS['runs']}/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}"
+FEATURES = f"{PATHS['features']}/{{dataset}}/{{features}}.npz"
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
+CAPTION = "../report/caption.rst"
+ENV = "../envs/dmlrepro.yaml"
 
 
 wildcard_constraints:
     dataset="[a-z][a-z0-9_]*",
-    method="[a-z][a-z0-9_]*",
+    backbone="[a-z][a-z0-9_]*",
+    features=r"[a-z][a-z0-9_]*(-[0-9a-f]{8})?",
+    name=r"[a-z][a-z0-9_]*(-[0-9a-f]{8})?",
     seed=r"\d+",
     paper="[a-z][a-z0-9_]*",
     table="[a-z][a-z0-9_]*",
+    sweep="[a-z][a-z0-9_]*",
 
 
 onstart:
@@ -38,16 +45,11 @@ onstart:
     shell(f"dmlrepro --params {PARAMS_FILE} mlflow-init")
 
 
-def all_tables(wildcards):
-    outputs = []
-    for ref in config["tables"]:
-        paper, table = ref.split("/")
-        outputs += [str(p) for p in table_paths(config, paper, table)]
-    return outputs
-
-
-def inputs_of_table(wildcards):
-    return table_inputs(config, f"{wildcards.paper}/{wildcards.table}")
+onsuccess:
+    # Hand the build to DVC (dvc.lock), so a following `dvc status` is clean and `dvc exp run -S ...`
+    # reruns only what the change touches. Only for params.yaml, which dvc.yaml is generated from.
+    if PARAMS_FILE == "params.yaml":
+        shell("dmlrepro dvc-commit || echo 'dmlrepro: the build was not recorded in DVC (see above)'")
 
 
 def canonical(settings):
@@ -55,9 +57,62 @@ def canonical(settings):
     return json.dumps(settings, sort_keys=True)
 
 
-def dataset_params(wildcards):
+def selected_outputs(wildcards):
+    return stages.selected_outputs(STUDY)
+
+
+def run_of(wildcards):
+    return STUDY.run(f"{wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}")
+
+
+def features_of(wildcards):
+    feature_id = f"{wildcards.dataset}/{wildcards.features}"
+    found = {r.features.id: r.features for r in STUDY.runs.values()}
+    if feature_id not in found:
+        raise WorkflowError(f"no declared run uses features {feature_id}")
+    return found[feature_id]
+
+
+def dataset_settings(wildcards):
     return canonical(config["datasets"][wildcards.dataset])
 
 
-def method_params(wildcards):
-    return canonical(config["methods"][wildcards.method])
+def feature_settings(wildcards):
+    return canonical(dml_semantic(features_of(wildcards).config))
+
+
+def run_features_file(wildcards):
+    return str(run_of(wildcards).features.path(config))
+
+
+def run_settings(wildcards):
+    return canonical(dml_semantic(run_of(wildcards).config))
+
+
+def train_flags(wildcards):
+    return STUDY.needs[run_of(wildcards).id].train_flags()
+
+
+def evaluate_flags(wildcards):
+    return STUDY.needs[run_of(wildcards).id].evaluate_flags()
+
+
+def table_inputs(wildcards):
+    return stages.target_inputs(config, STUDY.table(f"{wildcards.paper}/{wildcards.table}"))
+
+
+def sweep_inputs(wildcards):
+    return stages.target_inputs(config, STUDY.sweep(f"{wildcards.paper}/{wildcards.sweep}"))
+
+
+def table_caption(wildcards):
+    return STUDY.table(f"{wildcards.paper}/{wildcards.table}").caption
+
+
+def sweep_caption(wildcards):
+    return STUDY.sweep(f"{wildcards.paper}/{wildcards.sweep}").caption
+
+
+def paper_file(wildcards):
+    return str(STUDY.paper_files[wildcards.paper])
+

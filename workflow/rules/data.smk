@@ -1,12 +1,17 @@
 rule prepare:
+    input:
+        stages.stage_modules("prepare"),
     output:
         directory(f"{PATHS['data']}/{{dataset}}"),
     params:
-        dataset=dataset_params,
+        params_file=PARAMS_FILE,
+        dataset=dataset_settings,
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCHMARKS}/prepare/{{dataset}}.tsv"
-    threads: workflow.cores
+    conda:
+        ENV
+    threads: 16  # capped at --cores by Snakemake
     shell:
-        "dmlrepro --params {PARAMS_FILE} prepare --dataset {wildcards.dataset} 2>&1 | tee {log}"
+        "dmlrepro --params {params.params_file} prepare --dataset {wildcards.dataset} 2>&1 | tee {log}"

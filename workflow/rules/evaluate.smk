@@ -1,16 +1,21 @@
 rule evaluate:
     input:
-        FEATURES,
+        run_features_file,
         f"{RUN}/model.pt",
+        stages.stage_modules("evaluate"),
     output:
         f"{RUN}/metrics.json",
     params:
-        evaluation=canonical(config["evaluation"]),
+        params_file=PARAMS_FILE,
+        ks=canonical(config["evaluation"]["ks"]),
+        flags=evaluate_flags,
     log:
-        f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
+        f"{LOGS}/evaluate/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.tsv"
+        f"{BENCHMARKS}/evaluate/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}.tsv"
+    conda:
+        ENV
     threads: config["evaluation"].get("threads", 1)
     shell:
-        "dmlrepro --params {PARAMS_FILE} evaluate --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "dmlrepro --params {params.params_file} evaluate --run {wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}"
+        " {params.flags} > {log} 2>&1"

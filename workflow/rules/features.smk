@@ -1,15 +1,18 @@
 rule extract:
     input:
         f"{PATHS['data']}/{{dataset}}",
+        stages.stage_modules("extract"),
     output:
         FEATURES,
     params:
-        backbone=canonical(config["backbone"]),
-        extract=canonical(config["extract"]),
+        params_file=PARAMS_FILE,
+        settings=feature_settings,
     log:
-        f"{LOGS}/extract/{{dataset}}.log",
+        f"{LOGS}/extract/{{dataset}}/{{features}}.log",
     benchmark:
-        f"{BENCHMARKS}/extract/{{dataset}}.tsv"
+        f"{BENCHMARKS}/extract/{{dataset}}/{{features}}.tsv"
+    conda:
+        ENV
     threads: config["extract"].get("threads", 2)
     shell:
-        "dmlrepro --params {PARAMS_FILE} extract --dataset {wildcards.dataset} 2>&1 | tee {log}"
+        "dmlrepro --params {params.params_file} extract --features {wildcards.dataset}/{wildcards.features} 2>&1 | tee {log}"

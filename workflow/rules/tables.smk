@@ -1,14 +1,44 @@
 rule table:
     input:
-        inputs_of_table,
-        f"{config['paths']['papers']}/{{paper}}.yaml",
+        table_inputs,
+        paper_file,
+        stages.stage_modules("table"),
     output:
         f"{PATHS['tables']}/{{paper}}/{{table}}.md",
-        f"{PATHS['tables']}/{{paper}}/{{table}}.csv",
+        report(f"{PATHS['tables']}/{{paper}}/{{table}}.csv", caption=CAPTION, category="Tables",
+               subcategory="{paper}"),
+    params:
+        params_file=PARAMS_FILE,
+        caption=table_caption,
     log:
         f"{LOGS}/table/{{paper}}/{{table}}.log",
     benchmark:
         f"{BENCHMARKS}/table/{{paper}}/{{table}}.tsv"
+    conda:
+        ENV
     threads: 1
     shell:
-        "dmlrepro --params {PARAMS_FILE} table --table {wildcards.paper}/{wildcards.table} > {log} 2>&1"
+        "dmlrepro --params {params.params_file} table --table {wildcards.paper}/{wildcards.table} > {log} 2>&1"
+
+
+rule figure:
+    input:
+        sweep_inputs,
+        paper_file,
+        stages.stage_modules("figure"),
+    output:
+        report(f"{PATHS['figures']}/{{paper}}/{{sweep}}.png", caption=CAPTION, category="Figures",
+               subcategory="{paper}"),
+        f"{PATHS['figures']}/{{paper}}/{{sweep}}.csv",
+    params:
+        params_file=PARAMS_FILE,
+        caption=sweep_caption,
+    log:
+        f"{LOGS}/figure/{{paper}}/{{sweep}}.log",
+    benchmark:
+        f"{BENCHMARKS}/figure/{{paper}}/{{sweep}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    shell:
+        "dmlrepro --params {params.params_file} figure --figure {wildcards.paper}/{wildcards.sweep} > {log} 2>&1"

@@ -1,18 +1,21 @@
 rule train:
     input:
-        FEATURES,
+        run_features_file,
+        stages.stage_modules("train"),
     output:
         model=f"{RUN}/model.pt",
         history=f"{RUN}/history.json",
     params:
-        train=canonical(config["train"]),
-        method=method_params,
-        evaluation=canonical(config["evaluation"]),
+        params_file=PARAMS_FILE,
+        settings=run_settings,
+        flags=train_flags,
     log:
-        f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
+        f"{LOGS}/train/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}.log",
     benchmark:
-        f"{BENCHMARKS}/train/{{dataset}}/{{method}}/seed{{seed}}.tsv"
+        f"{BENCHMARKS}/train/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}.tsv"
+    conda:
+        ENV
     threads: config["train"].get("threads", 1)
     shell:
-        "dmlrepro --params {PARAMS_FILE} train --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "dmlrepro --params {params.params_file} train --run {wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}"
+        " {params.flags} > {log} 2>&1"

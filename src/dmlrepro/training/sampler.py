@@ -12,7 +12,7 @@ from typing import Iterator, List, Sequence
 import numpy as np
 import torch
 
-from .errors import DmlReproError
+from ..errors import DmlReproError
 
 __all__ = ["MPerClassBatchSampler"]
 

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
-from .config import run_config, run_dir
-from .tables import RunRef, load_table, table_runs
+from ..study.declarations import Sweep, Table
+from ..study.runs import Run, flatten as flatten_keys
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -54,66 +54,69 @@ def git_commit() -> str:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-    return flat
+    """Nested config -> {dotted key: string} as MLflow params (lists as JSON)."""
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+            for k, v in flatten_keys(d, prefix).items()}
 
 
 def _metric_name(split: str, metric: str) -> str:
     return f"{split}_{metric.replace('@', '_at_')}"  # '@' is not allowed in MLflow metric names
 
 
-def _run_payload(params: dict, ref: RunRef):
+def _run_payload(params: dict, run: Run):
     from mlflow.entities import Metric, Param
 
-    folder = run_dir(params, ref.dataset, ref.method, ref.seed)
+    folder = run.dir(params)
     metrics = json.loads((folder / "metrics.json").read_text("utf-8"))
     history = json.loads((folder / "history.json").read_text("utf-8"))
-    mlflow_params = [Param(k[:250], v[:6000]) for k, v in
-                     flatten(run_config(params, ref.dataset, ref.method, ref.seed)).items()]
+    mlflow_params = [Param(k[:250], v[:6000]) for k, v in flatten(run.config).items()]
     values = []
     for entry in history["epochs"]:
         step = entry["epoch"]
         if entry.get("loss") is not None:
             values.append(Metric("train_loss", entry["loss"], 0, step))
-        values += [Metric(_metric_name("val", k), v, 0, step) for k, v in entry["val"].items()]
-    for split in ("val", "test", "test_last_epoch"):
-        values += [Metric(_metric_name(f"final_{split}", k), v, 0, 0) for k, v in metrics[split].items()]
+        for split in ("val", "test"):
+            values += [Metric(_metric_name(split, k), v, 0, step) for k, v in entry.get(split, {}).items()]
+    for split in ("val", "test", "test_last_epoch", "test_paper"):
+        values += [Metric(_metric_name(f"final_{split}", k), v, 0, 0) for k, v in metrics.get(split, {}).items()]
     values.append(Metric("best_epoch", metrics["best_epoch"], 0, 0))
     return metrics["config_hash"], mlflow_params, values
 
 
-def log_table(params: dict, ref: str) -> int:
-    """Log every run of table `ref` (PAPER/TABLE) to its experiment; return how many MLflow runs were created."""
+def _entries(target: Table | Sweep) -> list[tuple[str, Run]]:
+    """(row label, run) for every run a table or figure shows."""
+    if isinstance(target, Table):
+        return [(row.label, run) for row in target.rows for runs in row.runs.values() for run in runs]
+    return [(f"{target.decl['parameter']}={p.value}", run) for p in target.points for run in p.runs]
+
+
+def log_target(params: dict, target: Table | Sweep) -> int:
+    """Log every run of a table or figure to its experiment (named PAPER/NAME); return how many
+    MLflow runs were created."""
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
     uri = params["mlflow"]["tracking_uri"]
-    paper, name, table = load_table(params, ref)
     commit = git_commit()
-    labels = {r["method"]: r["label"].replace("'", "") for r in table["rows"]}
     created = 0
     with store_lock(uri):
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(ref)
-        exp_id = exp.experiment_id if exp else client.create_experiment(ref, tags={"paper": paper, "table": name})
-        for run_ref in table_runs(params, table):
-            cfg_hash, mlflow_params, values = _run_payload(params, run_ref)
-            row = labels[run_ref.method]
-            existing = client.search_runs([exp_id], f"tags.config_hash = '{cfg_hash}' and tags.row = '{row}'")
+        exp = client.get_experiment_by_name(target.ref)
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            target.ref, tags={"paper": target.paper, "table": target.name})
+        for label, run in _entries(target):
+            cfg_hash, mlflow_params, values = _run_payload(params, run)
+            row = label.replace("'", "")
+            existing = client.search_runs([exp_id], f"tags.config_hash = '{cfg_hash}' and tags.row = '{row}' "
+                                                    f"and tags.run = '{run.id}'")
             if any(r.info.status == "FINISHED" for r in existing):
                 continue
             for stale in existing:  # left unfinished by a killed job
                 client.delete_run(stale.info.run_id)
-            tags = {"paper": paper, "table": name, "row": row, "method": run_ref.method,
-                    "dataset": run_ref.dataset, "seed": str(run_ref.seed), "git_commit": commit,
-                    "config_hash": cfg_hash,
-                    "mlflow.runName": f"{run_ref.method}/{run_ref.dataset}/seed{run_ref.seed}"}
+            tags = {"paper": target.paper, "table": target.name, "row": row, "method": run.method,
+                    "dataset": run.dataset, "seed": str(run.seed), "git_commit": commit,
+                    "config_hash": cfg_hash, "run": run.id,
+                    "mlflow.runName": f"{run.name}/{run.dataset}/seed{run.seed}"}
             run_id = client.create_run(exp_id, tags=tags).info.run_id
             client.log_batch(run_id, params=mlflow_params)
             for i in range(0, len(values), 1000):

@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import atomic_path
-from .backbones import compile_for_inference, create_backbone, resolve_device, sha256_file
-from .errors import DmlReproError
+from ..atomic import atomic_path
+from . import compile_for_inference, create_backbone, resolve_device, sha256_file
+from ..errors import DmlReproError
 
 CENTRE_CROP_FRACTION = 224 / 256  # centre crop of an image resized to size*256/224 on its short side
 ASPECT_RANGE = (3 / 4, 4 / 3)
@@ -72,7 +72,7 @@ def read_manifest_rows(dataset_dir: Path) -> tuple[list[dict], dict[str, list[in
 
     Every listed image must exist (checked up front, before the backbone is built).
     """
-    from .data.manifest import read_manifest
+    from ..data.manifest import read_manifest
 
     manifest = read_manifest(dataset_dir, dataset=dataset_dir.name, check_files=True)
     rows = [
@@ -354,7 +354,7 @@ class FeatureSet(dict):
     def __missing__(self, key: str):
         raise DmlReproError(
             f"{self.path} has no {key!r}; its splits are {self.splits()} "
-            f"(re-run `dmlrepro extract --dataset {self.path.parent.name}` if the manifest changed)"
+            f"(re-run `dmlrepro extract --features {self.path.parent.name}/{self.path.stem}` if the manifest changed)"
         )
 
 
@@ -366,7 +366,7 @@ def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> Feature
     path = Path(path)
     if not path.is_file():
         raise DmlReproError(
-            f"features file {path} does not exist; run `dmlrepro extract --dataset {path.parent.name}` first"
+            f"features file {path} does not exist; run `dmlrepro extract --features {path.parent.name}/{path.stem}` first"
         )
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -377,13 +377,13 @@ def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> Feature
                               if wanted is None or k == "meta" or k.rsplit("_", 1)[0] in wanted})
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
         raise DmlReproError(
-            f"cannot read features file {path} ({exc}); delete it and run `dmlrepro extract --dataset {path.parent.name}`"
+            f"cannot read features file {path} ({exc}); delete it and run `dmlrepro extract --features {path.parent.name}/{path.stem}`"
         ) from None
     out.path = path
     if missing:
         raise DmlReproError(
             f"{path} has no split {', '.join(missing)}; its splits are {present} "
-            f"(re-run `dmlrepro extract --dataset {path.parent.name}` if the manifest changed)"
+            f"(re-run `dmlrepro extract --features {path.parent.name}/{path.stem}` if the manifest changed)"
         )
     if "meta" in out:
         out["meta"] = json.loads(str(out["meta"]))

@@ -48,8 +48,8 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import regularizers as pml_regularizers
 
-from .errors import DmlReproError
-from .registry import Registry
+from ..errors import DmlReproError
+from ..registry import Registry
 
 __all__ = [
     "LOSSES",
@@ -58,6 +58,7 @@ __all__ = [
     "Criterion",
     "build_criterion",
     "allowed_args",
+    "method_problems",
 ]
 
 LOSSES: Registry = Registry("loss")
@@ -155,6 +156,7 @@ def _entry(
 
         build.pml_class = pml_class
         build.defaults = dict(allowed)
+        build.choices = dict(choices or {})
         build.formula = (fn.__doc__ or "").strip().splitlines()[0]
         build.supports_ref = supports_ref
         build.lr_multiplier = lr_multiplier
@@ -167,6 +169,22 @@ def allowed_args(kind: str, name: str) -> Dict[str, Any]:
     """The accepted ``loss_args`` (kind='loss') or ``miner_args`` (kind='miner') and their defaults."""
     registry = LOSSES if kind == "loss" else MINERS
     return dict(registry.get(name).defaults)
+
+
+def method_problems(method_cfg: Mapping[str, Any]) -> list:
+    """Problems in a method's ``loss_args`` / ``miner_args`` (typos, wrong types), found before any
+    training starts; [] when the method is sound."""
+    problems = []
+    for kind, registry in (("loss", LOSSES), ("miner", MINERS)):
+        name = method_cfg.get(kind)
+        if name in (None, "none") or name not in registry:
+            continue
+        entry = registry.get(name)
+        try:
+            _resolve(f"{kind}_args", method_cfg.get(f"{kind}_args"), entry.defaults, entry.choices)
+        except DmlReproError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

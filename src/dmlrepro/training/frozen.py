@@ -1,7 +1,10 @@
 """Train an embedding head on cached backbone features.
 
 Honest protocol: the best epoch is the one with the best validation score (a class-disjoint
-split carved from the training classes); the last epoch is kept too. A checkpoint is written
+split carved from the training classes); the last epoch is kept too. With `test_every_epoch` the
+test split is scored every epoch as well and the best-on-test weights are kept, so the papers'
+protocol (best epoch chosen on test, as the authors' code reports) can be shown beside the honest
+one; test scores never influence the validation-selected model. A checkpoint is written
 after every epoch, outside the declared outputs, so a killed run resumes where it stopped and,
 because every random draw is a function of (seed, epoch), ends with the same metrics.
 """
@@ -17,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
-from .config import config_hash, features_path, run_config
-from .errors import DmlReproError
-from .evaluation import evaluate_retrieval
-from .features import load_features
+from .. import atomic
+from ..backbones.extract import load_features
+from ..errors import DmlReproError
+from ..evaluation.metrics import evaluate_retrieval
+from ..methods import build_criterion
+from ..study.runs import Run
 from .heads import EmbeddingHead, IdentityHead
-from .losses import build_criterion
 from .sampler import MPerClassBatchSampler
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def seed_everything(seed: int) -> None:
@@ -77,30 +80,40 @@ def _load_checkpoint(path: Path, cfg_hash: str) -> dict | None:
     return state
 
 
-def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path, device: str) -> dict:
-    """Train one (dataset, method, seed) run; write model.pt and history.json into out_dir."""
-    cfg = run_config(params, dataset, method, seed)
-    cfg_hash = config_hash(cfg)
-    tcfg, mcfg = cfg["train"], cfg["method_cfg"]
-    set_threads(params["train"].get("threads", 1))
-    feats = load_features(features_path(params, dataset))
+def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False) -> dict:
+    """Train one run; write model.pt and history.json into out_dir."""
+    cfg, cfg_hash, seed = run.config, run.hash, run.seed
+    tcfg = cfg["train"]
+    mcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
+    ks = cfg["evaluation"]["ks"]
+    set_threads(tcfg.get("threads", 1))
+    splits = ("train", "val", "test") if test_every_epoch else ("train", "val")
+    feats = load_features(run.features.path(params), splits=splits)
     train_x, train_y = feats["train_features"], feats["train_labels"]
     val_x, val_y = feats["val_features"][0], feats["val_labels"]
+
+    def scores(head) -> dict:
+        scored = {"val": evaluate_retrieval(embed(head, val_x, device), val_y, ks=ks, compute_nmi=False)}
+        if test_every_epoch:
+            scored["test"] = evaluate_retrieval(embed(head, feats["test_features"][0], device), feats["test_labels"],
+                                                ks=ks, compute_nmi=False)
+        return scored
+
     in_dim = train_x.shape[-1]
     out_dim = tcfg["embedding_dim"]
-
     seed_everything(seed)
     if mcfg["loss"] == "none":
         head = make_head("identity", in_dim, in_dim)
-        val = evaluate_retrieval(embed(head, val_x, device), val_y, ks=cfg["evaluation"]["ks"], compute_nmi=False)
         model = {"head_kind": "identity", "in_dim": in_dim, "out_dim": in_dim, "best_state": {}, "last_state": {},
                  "best_epoch": 0, "last_epoch": 0}
-        history = {"config_hash": cfg_hash, "epochs": [{"epoch": 0, "loss": None, "val": val}], "best_epoch": 0}
+        if test_every_epoch:
+            model.update({"test_best_state": {}, "test_best_epoch": 0})
+        history = {"config_hash": cfg_hash, "epochs": [{"epoch": 0, "loss": None, **scores(head)}], "best_epoch": 0}
         return _finish(out_dir, model, history, cfg, cfg_hash)
 
     classes, train_targets = np.unique(train_y, return_inverse=True)  # proxies need labels 0..C-1
     head = make_head("linear", in_dim, out_dim).to(device)
-    criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim, name=method).to(device)
+    criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim, name=run.method).to(device)
     groups = [{"params": head.parameters(), "lr": tcfg["lr"]}] + criterion.param_groups(tcfg["lr"])
     opt_cls = torch.optim.AdamW if tcfg.get("optimizer", "adam") == "adamw" else torch.optim.Adam
     optimizer = opt_cls(groups, weight_decay=tcfg.get("weight_decay", 0.0))
@@ -112,19 +125,20 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
     )
     selection = tcfg.get("selection_metric", "recall@1")
 
-    ckpt_path = Path(params["paths"]["checkpoints"]) / f"{cfg_hash}.pt"
+    ckpt_path = Path(params["paths"]["checkpoints"]) / f"{cfg_hash}-{int(test_every_epoch)}.pt"
     state = _load_checkpoint(ckpt_path, cfg_hash)
     if state is not None:
         head.load_state_dict(state["head"])
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history, best = state["history"], state["best"]
+        history, best, test_best = state["history"], state["best"], state["test_best"]
         start = state["epoch"] + 1
-        print(f"resuming {dataset}/{method}/seed{seed} from epoch {start} ({ckpt_path})", file=sys.stderr)
+        print(f"resuming {run.id} from epoch {start} ({ckpt_path})", file=sys.stderr)
     else:
         history = {"config_hash": cfg_hash, "epochs": []}
         best = {"epoch": 0, "score": -1.0, "state": None}
+        test_best = {"epoch": 0, "score": -1.0, "state": None}
         start = 1
 
     n_views = train_x.shape[0]
@@ -146,19 +160,21 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
             optimizer.step()
             losses.append(loss.item())
         scheduler.step()
-        val = evaluate_retrieval(embed(head, val_x, device), val_y, ks=cfg["evaluation"]["ks"], compute_nmi=False)
+        scored = scores(head)
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                 "val": val, "seconds": round(time.time() - t0, 3)}
+                 **scored, "seconds": round(time.time() - t0, 3)}
         history["epochs"].append(entry)
-        if val[selection] > best["score"]:
-            best = {"epoch": epoch, "score": val[selection], "state": copy.deepcopy(head.state_dict())}
-        print(f"epoch {epoch}/{tcfg['epochs']} loss {entry['loss']:.4f} val {selection} {val[selection]:.4f}",
+        if scored["val"][selection] > best["score"]:
+            best = {"epoch": epoch, "score": scored["val"][selection], "state": copy.deepcopy(head.state_dict())}
+        if test_every_epoch and scored["test"][selection] > test_best["score"]:
+            test_best = {"epoch": epoch, "score": scored["test"][selection], "state": copy.deepcopy(head.state_dict())}
+        print(f"epoch {epoch}/{tcfg['epochs']} loss {entry['loss']:.4f} val {selection} {scored['val'][selection]:.4f}",
               file=sys.stderr)
         _save_checkpoint(ckpt_path, {
             "version": CHECKPOINT_VERSION, "config_hash": cfg_hash, "epoch": epoch,
             "head": head.state_dict(), "criterion": criterion.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "best": best,
+            "history": history, "best": best, "test_best": test_best,
         })
         if os.environ.get("DMLREPRO_STOP_AFTER_EPOCH") == str(epoch):  # lets tests simulate a killed job
             raise SystemExit(f"stopping after epoch {epoch} as DMLREPRO_STOP_AFTER_EPOCH asks")
@@ -167,6 +183,9 @@ def train_run(params: dict, dataset: str, method: str, seed: int, out_dir: Path,
     model = {"head_kind": "linear", "in_dim": in_dim, "out_dim": out_dim,
              "best_state": best["state"], "last_state": head.state_dict(),
              "best_epoch": best["epoch"], "last_epoch": tcfg["epochs"]}
+    if test_every_epoch:
+        history["test_best_epoch"] = test_best["epoch"]
+        model.update({"test_best_state": test_best["state"], "test_best_epoch": test_best["epoch"]})
     summary = _finish(out_dir, model, history, cfg, cfg_hash)
     ckpt_path.unlink(missing_ok=True)  # the run is complete; its resume state is no longer needed
     return summary

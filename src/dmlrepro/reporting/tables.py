@@ -1,0 +1,89 @@
+"""Paper tables: a declared table -> Markdown and CSV, our mean ± 95% CI over seeds beside the
+published number, one block per selection protocol the table declares."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from .. import atomic
+from ..config import table_paths
+from ..errors import DmlReproError
+from ..study.declarations import PROTOCOLS, Table
+from ..study.runs import Run
+from .stats import format_cell, mean_ci
+
+#: Which block of metrics.json holds a protocol's test metrics.
+PROTOCOL_KEYS = {"honest": "test", "paper": "test_paper", "last_epoch": "test_last_epoch"}
+
+
+def read_metrics(params: dict, run: Run) -> dict:
+    path = run.dir(params) / "metrics.json"
+    if not path.exists():
+        raise DmlReproError(f"{path} is missing; run `dmlrepro evaluate --run {run.id}` (or the whole pipeline) first")
+    metrics = json.loads(path.read_text("utf-8"))
+    if metrics.get("config_hash") != run.hash:
+        raise DmlReproError(f"{path} comes from another configuration of {run.id} (hash {metrics.get('config_hash')},"
+                            f" now {run.hash}); rerun `dmlrepro train --run {run.id}` and `dmlrepro evaluate --run {run.id}`")
+    return metrics
+
+
+def metric_value(params: dict, run: Run, protocol: str, split: str, metric: str) -> float:
+    metrics = read_metrics(params, run)
+    block = "val" if split == "val" else PROTOCOL_KEYS[protocol]
+    if block not in metrics:
+        raise DmlReproError(f"{run.dir(params) / 'metrics.json'} has no {block!r} metrics (protocol {protocol}); "
+                            f"rerun the pipeline: the study now asks for them")
+    if metric not in metrics[block]:
+        raise DmlReproError(f"{run.dir(params) / 'metrics.json'} has no {metric} under {block!r}; rerun "
+                            f"`dmlrepro evaluate --run {run.id}` with the flags the study gives (`dmlrepro list runs`)")
+    return metrics[block][metric]
+
+
+def column_header(col: dict) -> str:
+    dataset = f"{col['dataset']} ({col['as']} stand-in)" if col.get("as") else col["dataset"]
+    split = "" if col.get("split", "test") == "test" else f" [{col['split']}]"
+    return f"{dataset} {col.get('header', col['metric'])}{split}"
+
+
+def build_table(params: dict, table: Table) -> tuple[str, str]:
+    """Return (markdown, csv) text for one declared table; values in percent."""
+    columns = table.decl["columns"]
+    headers = ["Method"] + [column_header(c) for c in columns]
+    lines = [f"# {table.ref}", "", table.caption, "",
+             f"Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
+             "n = seeds per cell; 'paper' = the published number.", ""]
+    records = []
+    for protocol in table.protocols:
+        lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
+                  "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        for row in table.rows:
+            cells, record = [row.label], {"protocol": protocol, "row": row.label, "method": row.method,
+                                          "run": row.runs[columns[0]["dataset"]][0].name}
+            for col in columns:
+                runs = row.runs[col["dataset"]]
+                values = [metric_value(params, r, protocol, col.get("split", "test"), col["metric"]) for r in runs]
+                mean, half = mean_ci(values)
+                published = row.published.get(col["key"])
+                cells.append(format_cell(mean, half, len(values), published))
+                record.update({f"{col['key']}_mean": round(100 * mean, 3),
+                               f"{col['key']}_ci95": None if math.isnan(half) else round(100 * half, 3),
+                               f"{col['key']}_n": len(values), f"{col['key']}_published": published})
+            lines.append("| " + " | ".join(cells) + " |")
+            records.append(record)
+        lines.append("")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return "\n".join(lines), buf.getvalue()
+
+
+def write_table(params: dict, table: Table) -> list[Path]:
+    md, csv_text = build_table(params, table)
+    md_path, csv_path = table_paths(params, table.paper, table.name)
+    atomic.write_text(md_path, md)
+    atomic.write_text(csv_path, csv_text)
+    return [md_path, csv_path]

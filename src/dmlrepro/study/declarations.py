@@ -1,0 +1,338 @@
+"""Paper declarations (workflow/papers/<paper>.yaml) expanded into the runs they need.
+
+A declaration names its presets (training settings), its tables (rows = a method plus a preset and
+overrides of any run key; columns = dataset x metric x evaluation set; the published number per
+cell) and its sweeps (one run key over a list of values on some datasets -> a figure). Every
+declaration under `paths.papers` is part of the study; params.yaml `tables:` / `figures:` pick
+what the pipeline builds by default. A run needed by several tables or sweeps is resolved once.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..errors import DmlReproError
+from .runs import Run, resolve_run
+
+PROTOCOLS = {
+    "honest": "epoch selected on the class-disjoint validation split",
+    "paper": "best test epoch, as the authors' code reports",
+    "last_epoch": "last epoch",
+}
+
+
+@lru_cache(maxsize=1)
+def paper_schema() -> dict:
+    text = resources.files("dmlrepro").joinpath("schema/paper.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@dataclass
+class Needs:
+    """What a run must record beyond the honest protocol's metrics (from every table that uses it)."""
+
+    nmi: bool = False  # NMI (k-means: the slow part of evaluation)
+    test_every_epoch: bool = False  # test metrics each epoch (the papers' protocol)
+
+    def train_flags(self) -> str:
+        return "--test-every-epoch" if self.test_every_epoch else ""
+
+    def evaluate_flags(self) -> str:
+        return " ".join(f for f, on in (("--nmi", self.nmi), ("--paper-protocol", self.test_every_epoch)) if on)
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    preset: str | None
+    runs: dict[str, list[Run]]  # dataset -> one run per seed
+    published: dict[str, float | None]
+
+
+@dataclass
+class Table:
+    paper: str
+    name: str
+    decl: dict
+    seeds: list[int]
+    rows: list[Row]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.paper}/{self.name}"
+
+    @property
+    def protocols(self) -> list[str]:
+        return self.decl.get("protocols", ["honest"])
+
+    @property
+    def caption(self) -> str:
+        return " ".join(self.decl.get("caption", self.ref).split())
+
+    def runs(self) -> list[Run]:
+        return _unique(r for row in self.rows for runs in row.runs.values() for r in runs)
+
+
+@dataclass
+class SweepPoint:
+    dataset: str
+    value: Any
+    runs: list[Run]
+
+
+@dataclass
+class Sweep:
+    paper: str
+    name: str
+    decl: dict
+    seeds: list[int]
+    points: list[SweepPoint]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.paper}/{self.name}"
+
+    @property
+    def caption(self) -> str:
+        return " ".join(self.decl.get("caption", self.ref).split())
+
+    def runs(self) -> list[Run]:
+        return _unique(r for p in self.points for r in p.runs)
+
+
+@dataclass
+class Study:
+    params: dict
+    papers: dict[str, dict] = field(default_factory=dict)  # paper -> declaration
+    paper_files: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, Table] = field(default_factory=dict)
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)  # run id -> run
+    needs: dict[str, Needs] = field(default_factory=dict)  # run id -> needs
+    presets_of: dict[str, set] = field(default_factory=dict)  # run id -> {(paper, preset)}
+
+    # -- lookups with messages that say what exists --------------------------------------------
+    def table(self, ref: str) -> Table:
+        if ref not in self.tables:
+            raise DmlReproError(f"no table {ref!r} is declared; declared tables: {', '.join(sorted(self.tables)) or '(none)'}")
+        return self.tables[ref]
+
+    def sweep(self, ref: str) -> Sweep:
+        if ref not in self.sweeps:
+            raise DmlReproError(f"no sweep/figure {ref!r} is declared; declared: {', '.join(sorted(self.sweeps)) or '(none)'}")
+        return self.sweeps[ref]
+
+    def run(self, run_id: str) -> Run:
+        if run_id not in self.runs:
+            raise DmlReproError(
+                f"run {run_id!r} is not needed by any declared table or sweep (or its configuration changed "
+                f"its name); `dmlrepro list runs` shows the declared runs. If dvc.yaml names it, regenerate "
+                f"dvc.yaml with `dmlrepro dvc-yaml`")
+        return self.runs[run_id]
+
+    def selected(self) -> tuple[list[Table], list[Sweep]]:
+        """The tables and figures params.yaml asks the pipeline to build."""
+        return ([self.table(r) for r in self.params.get("tables", [])],
+                [self.sweep(r) for r in self.params.get("figures", [])])
+
+    def runs_of(self, tables: list[Table], sweeps: list[Sweep]) -> list[Run]:
+        return _unique(r for t in [*tables, *sweeps] for r in t.runs())
+
+    def features_of(self, runs: list[Run]):
+        return list({r.features.id: r.features for r in runs}.values())
+
+    # -- building ------------------------------------------------------------------------------
+    def _add(self, run: Run, paper: str, preset: str | None) -> Run:
+        known = self.runs.setdefault(run.id, run)
+        if known.hash != run.hash:  # two configurations, one name: a hash collision or a bug
+            raise DmlReproError(f"run {run.id} resolves to two configurations ({known.hash}, {run.hash})")
+        wanted = self.params["evaluation"].get("test_every_epoch") or run.config["evaluation"].get("test_every_epoch")
+        self.needs.setdefault(run.id, Needs()).test_every_epoch |= bool(wanted)
+        if preset:
+            self.presets_of.setdefault(run.id, set()).add((paper, preset))
+        return known
+
+
+def _unique(runs) -> list[Run]:
+    return list({r.id: r for r in runs}.values())
+
+
+def _paper_files(params: Mapping[str, Any]) -> list[Path]:
+    folder = Path(params["paths"]["papers"])
+    if not folder.is_dir():
+        raise DmlReproError(f"paths.papers: folder {folder} not found (it holds one <paper>.yaml per paper)")
+    return sorted(folder.glob("*.yaml"))
+
+
+def load_declaration(path: Path) -> dict:
+    import jsonschema
+
+    try:
+        decl = yaml.safe_load(path.read_text("utf-8"))
+    except yaml.YAMLError as exc:
+        raise DmlReproError(f"{path} is not valid YAML: {exc}") from None
+    errors = [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+              for e in jsonschema.Draft202012Validator(paper_schema()).iter_errors(decl)]
+    if not errors and decl["paper"] != path.stem:
+        errors.append(f"paper: {decl['paper']!r} must equal the file name {path.stem!r}")
+    if errors:
+        raise DmlReproError(f"invalid declaration {path}:\n" + "\n".join(f"  - {e}" for e in errors))
+    return decl
+
+
+def load_study(params: dict) -> Study:
+    """Expand every declaration under paths.papers; raise DmlReproError naming file, entry and fix."""
+    study = Study(params)
+    problems: list[str] = []
+    for path in _paper_files(params):
+        decl = load_declaration(path)
+        paper = decl["paper"]
+        study.papers[paper], study.paper_files[paper] = decl, path
+        for name, tdecl in decl.get("tables", {}).items():
+            try:
+                study.tables[f"{paper}/{name}"] = _expand_table(study, paper, name, tdecl, path)
+            except DmlReproError as exc:
+                problems.append(str(exc))
+        for name, sdecl in decl.get("sweeps", {}).items():
+            try:
+                study.sweeps[f"{paper}/{name}"] = _expand_sweep(study, paper, name, sdecl, path)
+            except DmlReproError as exc:
+                problems.append(str(exc))
+    for key, kind in (("tables", study.tables), ("figures", study.sweeps)):
+        for ref in params.get(key, []):
+            if ref not in kind:
+                problems.append(f"params.yaml {key}: {ref!r} is not declared (declared: {', '.join(sorted(kind)) or '(none)'})")
+    if problems:
+        raise DmlReproError("invalid study:\n" + "\n".join(f"  - {p}" for p in problems))
+    return study
+
+
+def _seeds(params: Mapping[str, Any], decl: Mapping[str, Any]) -> list[int]:
+    return list(decl.get("seeds", params["seeds"]))
+
+
+def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str) -> list[tuple[str, Mapping]]:
+    layers = []
+    preset = entry.get("preset")
+    if preset is not None:
+        presets = decl.get("presets", {})
+        if preset not in presets:
+            raise DmlReproError(f"{where}: preset {preset!r} is not defined in this file "
+                                f"(presets: {', '.join(presets) or '(none)'})")
+        layers.append((f"{where} preset {preset!r}", presets[preset]))
+    if entry.get("overrides"):
+        layers.append((f"{where} overrides", entry["overrides"]))
+    return layers
+
+
+def _check_run(params: Mapping[str, Any], run: Run, where: str) -> None:
+    from ..config import section_problems
+
+    problems = section_problems(run.config)
+    ks = run.config["evaluation"]["ks"]
+    selection = run.config["train"].get("selection_metric", "recall@1")
+    m = re.fullmatch(r"recall@(\d+)", selection)
+    if m and int(m.group(1)) not in ks:
+        problems.append(f"train.selection_metric {selection} needs {m.group(1)} in evaluation.ks {ks}")
+    if problems:
+        raise DmlReproError(f"{where} resolves to an invalid run configuration:\n" +
+                            "\n".join(f"    - {p}" for p in problems))
+
+
+def _check_metric(metric: str, ks: list[int], where: str) -> None:
+    m = re.fullmatch(r"recall@(\d+)", metric)
+    if m and int(m.group(1)) not in ks:
+        raise DmlReproError(f"{where}: metric {metric} needs k={m.group(1)} in evaluation.ks (now {ks})")
+
+
+def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str, seeds, where: str,
+             extra: list | None = None) -> list[Run]:
+    params = study.params
+    method = entry["method"]
+    if dataset not in params["datasets"]:
+        raise DmlReproError(f"{where}: dataset {dataset!r} is not defined in params.yaml "
+                            f"(datasets: {', '.join(params['datasets'])})")
+    if method not in params["methods"]:
+        raise DmlReproError(f"{where}: method {method!r} is not defined in params.yaml "
+                            f"(methods: {', '.join(params['methods'])})")
+    layers = _layers(decl, paper, entry, where) + (extra or [])
+    runs = []
+    for seed in seeds:
+        run = resolve_run(params, dataset, method, seed, layers)
+        _check_run(params, run, where)
+        runs.append(study._add(run, paper, entry.get("preset")))
+    return runs
+
+
+def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) -> Table:
+    seeds = _seeds(study.params, tdecl)
+    keys = [c["key"] for c in tdecl["columns"]]
+    if len(set(keys)) != len(keys):
+        raise DmlReproError(f"{path} tables.{name}: column keys must be unique (got {keys})")
+    datasets = list(dict.fromkeys(c["dataset"] for c in tdecl["columns"]))
+    protocols = tdecl.get("protocols", ["honest"])
+    rows = []
+    for i, rdecl in enumerate(tdecl["rows"]):
+        where = f"{path} tables.{name} row {rdecl['label']!r} (rows[{i}])"
+        bad = sorted(set(rdecl.get("published", {})) - set(keys))
+        if bad:
+            raise DmlReproError(f"{where}: published values for unknown columns {bad} (columns: {', '.join(keys)})")
+        runs = {d: _resolve(study, study.papers[paper], paper, rdecl, d, seeds, where) for d in datasets}
+        for col in tdecl["columns"]:
+            _check_metric(col["metric"], runs[col["dataset"]][0].config["evaluation"]["ks"],
+                          f"{path} tables.{name} column {col['key']!r}")
+            for run in runs[col["dataset"]]:
+                needs = study.needs[run.id]
+                needs.nmi |= col["metric"] == "nmi"
+                needs.test_every_epoch |= "paper" in protocols
+        rows.append(Row(rdecl["label"], rdecl["method"], rdecl.get("preset"), runs, dict(rdecl.get("published", {}))))
+    labels = [r.label for r in rows]
+    if len(set(labels)) != len(labels):
+        raise DmlReproError(f"{path} tables.{name}: row labels must be unique (got {labels})")
+    return Table(paper, name, tdecl, seeds, rows)
+
+
+def _sweep_base(decl: dict, sdecl: dict, where: str) -> dict:
+    base = sdecl["base"]
+    if "table" not in base:
+        return base
+    tables = decl.get("tables", {})
+    if base["table"] not in tables:
+        raise DmlReproError(f"{where}: base table {base['table']!r} is not declared in this file "
+                            f"(tables: {', '.join(tables) or '(none)'})")
+    rows = {r["label"]: r for r in tables[base["table"]]["rows"]}
+    if base["row"] not in rows:
+        raise DmlReproError(f"{where}: base row {base['row']!r} is not in table {base['table']!r} "
+                            f"(rows: {', '.join(rows)})")
+    return rows[base["row"]]
+
+
+def _expand_sweep(study: Study, paper: str, name: str, sdecl: dict, path: Path) -> Sweep:
+    where = f"{path} sweeps.{name}"
+    base = _sweep_base(study.papers[paper], sdecl, where)
+    seeds = _seeds(study.params, sdecl)
+    published = sdecl.get("published", {})
+    for dataset, curve in published.items():
+        if dataset not in sdecl["datasets"] or len(curve) != len(sdecl["values"]):
+            raise DmlReproError(f"{where}: published curve for {dataset!r} must be one of the sweep's datasets "
+                                f"and have one value per point ({len(sdecl['values'])})")
+    points = []
+    for dataset in sdecl["datasets"]:
+        for value in sdecl["values"]:
+            point_where = f"{where} {sdecl['parameter']}={value}"
+            runs = _resolve(study, study.papers[paper], paper, base, dataset, seeds, point_where,
+                            extra=[(point_where, {sdecl["parameter"]: value})])
+            _check_metric(sdecl["metric"], runs[0].config["evaluation"]["ks"], where)
+            for run in runs:
+                study.needs[run.id].nmi |= sdecl["metric"] == "nmi"
+                study.needs[run.id].test_every_epoch |= sdecl.get("protocol", "honest") == "paper"
+            points.append(SweepPoint(dataset, value, runs))
+    return Sweep(paper, name, sdecl, seeds, points)

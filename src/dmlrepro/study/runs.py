@@ -1,0 +1,241 @@
+"""A run is its resolved configuration.
+
+A run's configuration is one JSON-able dict with fixed sections::
+
+    dataset     name of a params.yaml `datasets` entry (the prepared data and its class splits)
+    data        that entry's settings
+    backbone    {name, weights}
+    regime      "frozen" (a head on cached features)
+    extract     feature-extraction settings
+    method      {name, loss, loss_args, miner, miner_args, ...}: a params.yaml `methods` entry
+    train       training settings
+    evaluation  {ks, ...}
+    seed        int
+
+It is built from params.yaml's defaults, then a paper's preset, then a row's overrides, then a
+sweep's value (dotted keys such as ``train.embedding_dim`` or ``method.loss_args.margin``).
+
+Identity: ``config_hash`` hashes only the keys that can change a result; threads, extraction batch
+size, paths and the device never count (``NON_SEMANTIC``). Where it lives: runs that differ from
+params.yaml's defaults only in their method keep the method's name; any other difference adds a
+hash of exactly those differences: ``results/runs/<dataset>/<backbone>/<method>[-<hash8>]/seed<k>``.
+Two declarations that resolve to the same configuration therefore land in the same folder and
+train once, and ``dvc exp run -S train.lr=...`` changes what a folder holds, not where it is (DVC
+needs stable output paths; DVC experiments version the contents).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Iterable, Mapping
+
+from ..errors import DmlReproError
+
+#: Sections of a run configuration that declarations may override with dotted keys.
+OVERRIDABLE = ("backbone", "regime", "extract", "method", "train", "evaluation")
+
+#: Keys that never change a result: excluded from every hash.
+NON_SEMANTIC = {
+    "data": {"workers", "font_dirs", "root"},  # `fonts` (explicit files) counts: it picks the designs
+    "extract": {"batch_size", "threads"},
+    "train": {"threads"},
+    "evaluation": {"threads", "test_every_epoch"},
+}
+
+#: The sections whose settings decide the cached features (shared by every run that uses them).
+FEATURE_SECTIONS = ("dataset", "data", "backbone", "regime", "extract")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def short_hash(value: Any, n: int = 16) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:n]
+
+
+def _normal_numbers(value: Any) -> Any:
+    """1.0 -> 1, recursively: YAML's `0` and `0.0` are the same setting and must hash alike."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _normal_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normal_numbers(v) for v in value]
+    return value
+
+
+def semantic(cfg: Mapping[str, Any]) -> dict:
+    """`cfg` without the keys that cannot change a result (numbers normalised); a weights file
+    counts by its name only."""
+    out = {}
+    for section, value in cfg.items():
+        if isinstance(value, Mapping):
+            drop = NON_SEMANTIC.get(section, set())
+            value = {k: v for k, v in value.items() if k not in drop}
+        out[section] = _normal_numbers(copy.deepcopy(value))
+    backbone = out.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("weights"):
+        backbone["weights"] = PurePath(str(backbone["weights"])).name
+    return out
+
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    return short_hash(semantic(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dotted keys
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and scalars are leaves, empty dicts are kept as leaves."""
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_dotted(cfg: dict, key: str, value: Any) -> None:
+    """Set cfg['a']['b'] = value for key 'a.b', creating dicts on the way."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None:
+                raise DmlReproError(f"cannot set {key!r}: {part!r} holds {child!r}, not a mapping")
+            child = node[part] = {}
+        node = child
+    node[leaf] = copy.deepcopy(value)
+
+
+def apply_overrides(cfg: dict, overrides: Mapping[str, Any], where: str) -> None:
+    """Apply dotted-key (or nested) overrides to a run configuration in place."""
+    for key, value in flatten(overrides).items():
+        root = key.split(".")[0]
+        if root not in OVERRIDABLE:
+            raise DmlReproError(f"{where}: {key!r} is not a run key; it must start with one of: "
+                                f"{', '.join(OVERRIDABLE)}")
+        if root == "regime":
+            cfg["regime"] = value
+        else:
+            set_dotted(cfg, key, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution
+
+
+def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict:
+    """The configuration params.yaml gives a (dataset, method) pair before any declaration."""
+    if dataset not in params["datasets"]:
+        raise DmlReproError(f"dataset {dataset!r} is not defined in params.yaml "
+                            f"(defined under datasets: {', '.join(params['datasets'])})")
+    if method not in params["methods"]:
+        raise DmlReproError(f"method {method!r} is not defined in params.yaml "
+                            f"(defined under methods: {', '.join(params['methods'])})")
+    return copy.deepcopy({
+        "dataset": dataset,
+        "data": params["datasets"][dataset],
+        "backbone": params["backbone"],
+        "regime": params.get("regime", "frozen"),
+        "extract": params["extract"],
+        "method": {"name": method, **params["methods"][method]},
+        "train": params["train"],
+        "evaluation": {"ks": params["evaluation"]["ks"]},
+    })
+
+
+def _differences(cfg: Mapping[str, Any], base: Mapping[str, Any], sections: Iterable[str]) -> dict:
+    ours, theirs = flatten(semantic({s: cfg[s] for s in sections})), flatten(semantic({s: base[s] for s in sections}))
+    missing = object()
+    diff = {k: v for k, v in ours.items() if theirs.get(k, missing) != v}
+    diff.update({k: None for k in theirs if k not in ours})
+    return diff
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Cached backbone features of one prepared dataset, keyed by (dataset, backbone, extraction)."""
+
+    dataset: str
+    config: dict  # the FEATURE_SECTIONS of a run configuration
+    name: str  # <backbone> or <backbone>-<hash8>
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+    def path(self, params: Mapping[str, Any]) -> Path:
+        return Path(params["paths"]["features"]) / self.dataset / f"{self.name}.npz"
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model: a resolved configuration and a seed."""
+
+    config: dict  # every section, seed included
+    name: str  # <method> or <method>-<hash8>
+    features: FeatureSet
+
+    @property
+    def dataset(self) -> str:
+        return self.config["dataset"]
+
+    @property
+    def backbone(self) -> str:
+        return self.config["backbone"]["name"]
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]["name"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.backbone}/{self.name}/seed{self.seed}"
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+    def dir(self, params: Mapping[str, Any]) -> Path:
+        return Path(params["paths"]["runs"]) / self.id
+
+
+def resolve_run(params: Mapping[str, Any], dataset: str, method: str, seed: int,
+                layers: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> Run:
+    """Resolve a run: params.yaml defaults, then each (where, overrides) layer in order."""
+    cfg = default_config(params, dataset, method)
+    for where, overrides in layers:
+        apply_overrides(cfg, overrides, where)
+    cfg["method"]["name"] = method  # the name is the row's, never an override's
+    cfg["seed"] = int(seed)
+    base = default_config(params, dataset, method)
+
+    feature_cfg = {s: cfg[s] for s in FEATURE_SECTIONS}
+    feature_diff = _differences(cfg, base, ("backbone", "regime", "extract"))
+    feature_diff.pop("backbone.name", None)  # already in the path
+    backbone = cfg["backbone"]["name"]
+    features = FeatureSet(dataset, copy.deepcopy(feature_cfg),
+                          backbone + (f"-{short_hash(feature_diff, 8)}" if feature_diff else ""))
+
+    run_diff = _differences(cfg, base, OVERRIDABLE)
+    run_diff.pop("backbone.name", None)
+    name = method + (f"-{short_hash(run_diff, 8)}" if run_diff else "")
+    return Run(cfg, name, features)

@@ -1,0 +1,69 @@
+"""What each pipeline stage runs: its command, its inputs, its outputs and the package modules
+behind it. The Snakefile's rules and the generated dvc.yaml both read these, so a code fix reruns
+the same stages under either engine, and both engines declare the same files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from ..config import dataset_dir, figure_paths, table_paths
+from .declarations import Study, Sweep, Table
+from .runs import FeatureSet, Run
+
+PACKAGE = Path("src/dmlrepro")
+
+#: Package modules (relative to src/dmlrepro) whose code each stage's command runs.
+STAGE_MODULES = {
+    "prepare": ["cli.py", "config.py", "atomic.py", "registry.py", "data"],
+    "extract": ["cli.py", "config.py", "atomic.py", "registry.py", "backbones", "data/manifest.py", "study"],
+    "train": ["cli.py", "config.py", "atomic.py", "registry.py", "study", "training", "methods",
+              "evaluation/metrics.py", "backbones/extract.py"],
+    "evaluate": ["cli.py", "config.py", "atomic.py", "study", "evaluation", "training/frozen.py",
+                 "training/heads.py", "backbones/extract.py"],
+    "table": ["cli.py", "config.py", "atomic.py", "study", "reporting/tables.py", "reporting/stats.py",
+              "reporting/tracking.py"],
+    "figure": ["cli.py", "config.py", "atomic.py", "study", "reporting/figures.py", "reporting/tables.py",
+               "reporting/stats.py", "reporting/tracking.py"],
+}
+
+
+def stage_modules(stage: str, root: Path = Path(".")) -> list[str]:
+    """The .py files of a stage's modules, sorted, as paths relative to the repository root."""
+    files = []
+    for entry in STAGE_MODULES[stage]:
+        path = PACKAGE / entry
+        if (root / path).is_dir():
+            files += [str(p.relative_to(root)) for p in sorted((root / path).glob("*.py"))]
+        else:
+            files.append(str(path))
+    return sorted(set(files))
+
+
+def features_inputs(params: Mapping, features: FeatureSet) -> list[str]:
+    return [str(dataset_dir(params, features.dataset))]
+
+
+def run_files(params: Mapping, run: Run) -> dict[str, str]:
+    folder = run.dir(params)
+    return {name: str(folder / f"{name}.{ext}") for name, ext in
+            (("model", "pt"), ("history", "json"), ("metrics", "json"))}
+
+
+def target_inputs(params: Mapping, target: Table | Sweep) -> list[str]:
+    """The files a table or figure is built from."""
+    files = []
+    for run in target.runs():
+        f = run_files(params, run)
+        files += [f["metrics"], f["history"]]
+    return files
+
+
+def target_outputs(params: Mapping, target: Table | Sweep) -> list[str]:
+    paths = table_paths if isinstance(target, Table) else figure_paths
+    return [str(p) for p in paths(params, target.paper, target.name)]
+
+
+def selected_outputs(study: Study) -> list[str]:
+    tables, sweeps = study.selected()
+    return [p for t in [*tables, *sweeps] for p in target_outputs(study.params, t)]
