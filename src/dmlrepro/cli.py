@@ -222,6 +222,23 @@ def _built_stages(params: dict) -> list[str]:
     return built
 
 
+def cmd_schema(params: dict, args) -> None:
+    from .config import schema
+    from .schemas import generated_params_schema
+
+    path = Path("workflow/schemas/params.schema.json")
+    text = json.dumps(generated_params_schema(schema()), indent=2) + "\n"
+    if args.check:
+        if path.read_text("utf-8") != text:
+            raise DmlReproError(f"{path} does not match the registries; regenerate it with `dmlrepro schema`")
+        print(f"{path} matches the registries")
+        return
+    from .atomic import write_text
+
+    write_text(path, text)
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmlrepro", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -259,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dvc-yaml", cmd_dvc_yaml, "write dvc.yaml from params.yaml and the declarations")
     p.add_argument("--output", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file is stale instead of writing it")
+    p = add("schema", cmd_schema, "regenerate params.schema.json's enums from the registries")
+    p.add_argument("--check", action="store_true", help="fail if the schema file is stale instead of writing it")
     p = add("dvc-commit", cmd_dvc_commit, "record a Snakemake build in dvc.lock (the Snakefile's onsuccess does)")
     p.add_argument("--all", action="store_true", help="commit every stage, not only those whose outputs exist")
     return parser

@@ -7,6 +7,7 @@ checked here, for params.yaml and for every run a declaration resolves (section_
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 
 from .errors import DmlReproError
 
-DEFAULT_PARAMS = "params.yaml"
+DEFAULT_PARAMS = os.environ.get("DMLREPRO_PARAMS", "params.yaml")  # Snakemake jobs set it
 
 
 @lru_cache(maxsize=1)

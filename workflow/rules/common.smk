@@ -20,6 +20,10 @@ except DmlReproError as exc:
     raise WorkflowError(str(exc))
 validate(config, "../schemas/params.schema.json", set_default=False)
 
+# Every job's `dmlrepro` reads the same params file (passed by environment, so that switching
+# --configfile does not count as a changed setting of every job).
+shell.prefix(f"export DMLREPRO_PARAMS={PARAMS_FILE}; ")
+
 PATHS = config["paths"]
 RUN = f"{PATHS['runs']}/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}"
 FEATURES = f"{PATHS['features']}/{{dataset}}/{{features}}.npz"
@@ -38,18 +42,6 @@ wildcard_constraints:
     paper="[a-z][a-z0-9_]*",
     table="[a-z][a-z0-9_]*",
     sweep="[a-z][a-z0-9_]*",
-
-
-onstart:
-    # Create the MLflow store once, before parallel jobs can race to create it.
-    shell(f"dmlrepro --params {PARAMS_FILE} mlflow-init")
-
-
-onsuccess:
-    # Hand the build to DVC (dvc.lock), so a following `dvc status` is clean and `dvc exp run -S ...`
-    # reruns only what the change touches. Only for params.yaml, which dvc.yaml is generated from.
-    if PARAMS_FILE == "params.yaml":
-        shell("dmlrepro dvc-commit || echo 'dmlrepro: the build was not recorded in DVC (see above)'")
 
 
 def canonical(settings):
@@ -74,7 +66,7 @@ def features_of(wildcards):
 
 
 def dataset_settings(wildcards):
-    return canonical(config["datasets"][wildcards.dataset])
+    return canonical(dml_semantic({"data": config["datasets"][wildcards.dataset]}))
 
 
 def feature_settings(wildcards):

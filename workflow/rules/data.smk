@@ -4,7 +4,6 @@ rule prepare:
     output:
         directory(f"{PATHS['data']}/{{dataset}}"),
     params:
-        params_file=PARAMS_FILE,
         dataset=dataset_settings,
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
@@ -14,4 +13,4 @@ rule prepare:
         ENV
     threads: 16  # capped at --cores by Snakemake
     shell:
-        "dmlrepro --params {params.params_file} prepare --dataset {wildcards.dataset} 2>&1 | tee {log}"
+        "dmlrepro prepare --dataset {wildcards.dataset} 2>&1 | tee {log}"

@@ -6,7 +6,6 @@ rule evaluate:
     output:
         f"{RUN}/metrics.json",
     params:
-        params_file=PARAMS_FILE,
         ks=canonical(config["evaluation"]["ks"]),
         flags=evaluate_flags,
     log:
@@ -17,5 +16,5 @@ rule evaluate:
         ENV
     threads: config["evaluation"].get("threads", 1)
     shell:
-        "dmlrepro --params {params.params_file} evaluate --run {wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}"
+        "dmlrepro evaluate --run {wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}"
         " {params.flags} > {log} 2>&1"

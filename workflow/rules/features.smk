@@ -5,7 +5,6 @@ rule extract:
     output:
         FEATURES,
     params:
-        params_file=PARAMS_FILE,
         settings=feature_settings,
     log:
         f"{LOGS}/extract/{{dataset}}/{{features}}.log",
@@ -15,4 +14,4 @@ rule extract:
         ENV
     threads: config["extract"].get("threads", 2)
     shell:
-        "dmlrepro --params {params.params_file} extract --features {wildcards.dataset}/{wildcards.features} 2>&1 | tee {log}"
+        "dmlrepro extract --features {wildcards.dataset}/{wildcards.features} 2>&1 | tee {log}"

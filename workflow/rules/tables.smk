@@ -8,7 +8,6 @@ rule table:
         report(f"{PATHS['tables']}/{{paper}}/{{table}}.csv", caption=CAPTION, category="Tables",
                subcategory="{paper}"),
     params:
-        params_file=PARAMS_FILE,
         caption=table_caption,
     log:
         f"{LOGS}/table/{{paper}}/{{table}}.log",
@@ -18,7 +17,7 @@ rule table:
         ENV
     threads: 1
     shell:
-        "dmlrepro --params {params.params_file} table --table {wildcards.paper}/{wildcards.table} > {log} 2>&1"
+        "dmlrepro table --table {wildcards.paper}/{wildcards.table} > {log} 2>&1"
 
 
 rule figure:
@@ -31,7 +30,6 @@ rule figure:
                subcategory="{paper}"),
         f"{PATHS['figures']}/{{paper}}/{{sweep}}.csv",
     params:
-        params_file=PARAMS_FILE,
         caption=sweep_caption,
     log:
         f"{LOGS}/figure/{{paper}}/{{sweep}}.log",
@@ -41,4 +39,4 @@ rule figure:
         ENV
     threads: 1
     shell:
-        "dmlrepro --params {params.params_file} figure --figure {wildcards.paper}/{wildcards.sweep} > {log} 2>&1"
+        "dmlrepro figure --figure {wildcards.paper}/{wildcards.sweep} > {log} 2>&1"

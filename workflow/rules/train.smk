@@ -6,7 +6,6 @@ rule train:
         model=f"{RUN}/model.pt",
         history=f"{RUN}/history.json",
     params:
-        params_file=PARAMS_FILE,
         settings=run_settings,
         flags=train_flags,
     log:
@@ -17,5 +16,5 @@ rule train:
         ENV
     threads: config["train"].get("threads", 1)
     shell:
-        "dmlrepro --params {params.params_file} train --run {wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}"
+        "dmlrepro train --run {wildcards.dataset}/{wildcards.backbone}/{wildcards.name}/seed{wildcards.seed}"
         " {params.flags} > {log} 2>&1"

@@ -48,7 +48,11 @@ class Backbone:
 
 
 BackboneFactory = Callable[..., Backbone]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+#: Metadata every backbone declares: the square input size it is built for by default, the channel
+#: order and value range it expects, the per-channel mean/std applied inside the module (on that
+#: range), and the pooled feature dimension.
+BACKBONE_METADATA = ("input_size", "channel_order", "pixel_range", "mean", "std", "feature_dim")
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", BACKBONE_METADATA)
 
 
 def create_backbone(name: str, weights: Optional[str] = None, input_size: Optional[int] = None) -> Backbone:

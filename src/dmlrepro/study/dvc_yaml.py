@@ -32,9 +32,13 @@ def _stage_name(*parts: str) -> str:
     return "-".join(p.replace("/", "-") for p in parts)
 
 
-def _semantic_keys(params: Mapping[str, Any], section: str) -> list[str]:
-    drop = NON_SEMANTIC.get(section, set())
-    return [f"{section}.{k}" for k in params.get(section, {}) if k not in drop]
+def _semantic_keys(params: Mapping[str, Any], section: str, kind: str | None = None) -> list[str]:
+    """The params.yaml keys of `section` that can change a result (those present: DVC wants them)."""
+    drop = NON_SEMANTIC.get(kind or section, set())
+    node = params
+    for part in section.split("."):
+        node = node.get(part, {})
+    return [f"{section}.{k}" for k in node if k not in drop]
 
 
 def _run_params(params: Mapping[str, Any], study: Study, run: Run) -> list:
@@ -57,7 +61,7 @@ def build_dvc_yaml(study: Study) -> dict:
         stages[_stage_name("prepare", dataset)] = {
             "cmd": f"dmlrepro prepare --dataset {dataset}",
             "deps": stage_modules("prepare"),
-            "params": [f"datasets.{dataset}"],
+            "params": _semantic_keys(params, f"datasets.{dataset}", kind="data"),
             "outs": [str(Path(params["paths"]["data"]) / dataset)],
         }
     for feat in features:

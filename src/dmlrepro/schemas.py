@@ -1,0 +1,29 @@
+"""params.schema.json's enums and per-kind fragments, generated from the registries.
+
+The schema is a checked-in file because Snakemake validates params.yaml with it before any code
+of ours runs; `dmlrepro schema` rewrites the generated parts and a test fails when they are stale.
+"""
+from __future__ import annotations
+
+import copy
+
+
+def generated_params_schema(current: dict) -> dict:
+    from .backbones import BACKBONES
+    from .data import DATASETS
+    from .methods import LOSSES, MINERS
+
+    schema = copy.deepcopy(current)
+    schema["properties"]["backbone"]["properties"]["name"]["enum"] = BACKBONES.names()
+    method = schema["$defs"]["method"]["properties"]
+    method["loss"]["enum"] = ["none", *LOSSES.names()]
+    method["miner"]["enum"] = [None, *MINERS.names()]
+    dataset = schema["$defs"]["dataset"]
+    dataset["properties"]["kind"]["enum"] = DATASETS.names()
+    dataset["allOf"] = [
+        {"if": {"properties": {"kind": {"const": kind}}},
+         "then": {"additionalProperties": False,
+                  "properties": {"kind": {"const": kind}, **DATASETS.metadata(kind)["schema"]}}}
+        for kind in DATASETS.names()
+    ]
+    return schema
