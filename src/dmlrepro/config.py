@@ -93,19 +93,24 @@ def section_problems(run_cfg: dict) -> list[str]:
     """Check a resolved run configuration (after presets and overrides) against the same schema."""
     import jsonschema
 
+    from .study.runs import TRAINING_FREE_LOSSES
+
     full = schema()
     problems = []
+    training_free = run_cfg["method"].get("loss") in TRAINING_FREE_LOSSES
     for section, fragment in (("backbone", full["properties"]["backbone"]), ("regime", full["properties"]["regime"]),
                               ("extract", full["properties"]["extract"]), ("train", full["properties"]["train"]),
                               ("evaluation", full["properties"]["evaluation"]),
                               ("method", {"$ref": "#/$defs/method"})):
         value = run_cfg[section]
+        if section == "train" and training_free:
+            continue
         if section == "method":
             value = {k: v for k, v in value.items() if k != "name"}
         sub = {**fragment, "$defs": full["$defs"]}
         for e in jsonschema.Draft202012Validator(sub).iter_errors(value):
             problems.append(f"{section}.{_describe(e)}" if e.absolute_path else f"{section}: {_describe(e)}")
-    if not problems:
+    if not problems and not training_free:
         problems += [f"train.{p}" for p in _train_problems(run_cfg["train"])]
         from .methods import method_problems
 

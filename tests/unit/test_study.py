@@ -648,3 +648,14 @@ def test_an_accepted_evaluation_override_is_honoured_or_refused(params):
         assert "test_every_epoch" in str(exc)
         return
     assert all(n.test_every_epoch for n in study.needs.values())
+
+
+def test_frozen_runs_carry_no_training_settings(params):
+    """The frozen backbone trains nothing: a change of train.lr must not rerun (rename or re-hash) it."""
+    frozen = _run(params, method="frozen")
+    changed = copy.deepcopy(params)
+    changed["train"]["lr"] = 0.5
+    changed["train"]["epochs"] = 99
+    again = resolve_run(changed, "glyphs", "frozen", 0)
+    assert again.hash == frozen.hash and again.id == frozen.id
+    assert _run(changed).hash != _run(params).hash  # a trained method does change

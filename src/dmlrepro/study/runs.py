@@ -45,6 +45,11 @@ NON_SEMANTIC = {
     "evaluation": {"threads", "test_every_epoch"},
 }
 
+#: Losses that train nothing (the frozen backbone): their runs carry no training settings, so a
+#: change of train.lr or the like does not rerun them.
+TRAINING_FREE_LOSSES = {"none"}
+MACHINE_ONLY_TRAIN_KEYS = ("threads",)
+
 #: The sections whose settings decide the cached features (shared by every run that uses them).
 FEATURE_SECTIONS = ("dataset", "data", "backbone", "regime", "extract")
 
@@ -227,6 +232,9 @@ def resolve_run(params: Mapping[str, Any], dataset: str, method: str, seed: int,
     cfg["method"]["name"] = method  # the name is the row's, never an override's
     cfg["seed"] = int(seed)
     base = default_config(params, dataset, method)
+    if cfg["method"].get("loss") in TRAINING_FREE_LOSSES:
+        for c in (cfg, base):
+            c["train"] = {k: v for k, v in c["train"].items() if k in MACHINE_ONLY_TRAIN_KEYS}
 
     feature_cfg = {s: cfg[s] for s in FEATURE_SECTIONS}
     feature_diff = _differences(cfg, base, ("backbone", "regime", "extract"))

@@ -100,7 +100,6 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         return scored
 
     in_dim = train_x.shape[-1]
-    out_dim = tcfg["embedding_dim"]
     seed_everything(seed)
     if mcfg["loss"] == "none":
         head = make_head("identity", in_dim, in_dim)
@@ -111,6 +110,7 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         history = {"config_hash": cfg_hash, "epochs": [{"epoch": 0, "loss": None, **scores(head)}], "best_epoch": 0}
         return _finish(out_dir, model, history, cfg, cfg_hash)
 
+    out_dim = tcfg["embedding_dim"]
     classes, train_targets = np.unique(train_y, return_inverse=True)  # proxies need labels 0..C-1
     head = make_head("linear", in_dim, out_dim).to(device)
     criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim, name=run.method).to(device)
