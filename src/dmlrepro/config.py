@@ -126,9 +126,9 @@ def dataset_dir(params: dict, dataset: str) -> Path:
     return Path(params["paths"]["data"]) / dataset
 
 
-def table_paths(params: dict, paper: str, table: str) -> tuple[Path, Path]:
+def table_paths(params: dict, paper: str, table: str) -> tuple[Path, Path, Path]:
     base = Path(params["paths"]["tables"]) / paper / table
-    return base.with_suffix(".md"), base.with_suffix(".csv")
+    return base.with_suffix(".md"), base.with_suffix(".csv"), base.with_suffix(".html")
 
 
 def figure_paths(params: dict, paper: str, sweep: str) -> tuple[Path, Path]:

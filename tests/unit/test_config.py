@@ -120,7 +120,7 @@ def test_section_problems_of_a_resolved_run(params):
 
 
 def test_artefact_paths(params):
-    md, csv = table_paths(params, "p", "t")
-    assert (str(md), str(csv)) == ("results/tables/p/t.md", "results/tables/p/t.csv")
+    md, csv, html = table_paths(params, "p", "t")
+    assert (str(md), str(csv), str(html)) == ("results/tables/p/t.md", "results/tables/p/t.csv", "results/tables/p/t.html")
     png, csv = figure_paths(params, "p", "s")
     assert (str(png), str(csv)) == ("results/figures/p/s.png", "results/figures/p/s.csv")

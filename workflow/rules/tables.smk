@@ -5,7 +5,8 @@ rule table:
         stages.stage_modules("table"),
     output:
         f"{PATHS['tables']}/{{paper}}/{{table}}.md",
-        report(f"{PATHS['tables']}/{{paper}}/{{table}}.csv", caption=CAPTION, category="Tables",
+        f"{PATHS['tables']}/{{paper}}/{{table}}.csv",
+        report(f"{PATHS['tables']}/{{paper}}/{{table}}.html", caption=CAPTION, category="Tables",
                subcategory="{paper}"),
     params:
         caption=table_caption,

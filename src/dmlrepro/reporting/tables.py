@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from html import escape
 from pathlib import Path
 
 from .. import atomic
@@ -48,17 +49,13 @@ def column_header(col: dict) -> str:
     return f"{dataset} {col.get('header', col['metric'])}{split}"
 
 
-def build_table(params: dict, table: Table) -> tuple[str, str]:
-    """Return (markdown, csv) text for one declared table; values in percent."""
+def table_blocks(params: dict, table: Table) -> tuple[list[str], list[tuple[str, list[list[str]]]], list[dict]]:
+    """Headers, one (protocol, rows of cell texts) block per protocol, and the CSV records."""
     columns = table.decl["columns"]
     headers = ["Method"] + [column_header(c) for c in columns]
-    lines = [f"# {table.ref}", "", table.caption, "",
-             f"Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
-             "n = seeds per cell; 'paper' = the published number.", ""]
-    records = []
+    blocks, records = [], []
     for protocol in table.protocols:
-        lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
-                  "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines = []
         for row in table.rows:
             cells, record = [row.label], {"protocol": protocol, "row": row.label, "method": row.method,
                                           "run": row.runs[columns[0]["dataset"]][0].name}
@@ -71,19 +68,54 @@ def build_table(params: dict, table: Table) -> tuple[str, str]:
                 record.update({f"{col['key']}_mean": round(100 * mean, 3),
                                f"{col['key']}_ci95": None if math.isnan(half) else round(100 * half, 3),
                                f"{col['key']}_n": len(values), f"{col['key']}_published": published})
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(cells)
             records.append(record)
-        lines.append("")
+        blocks.append((protocol, lines))
+    return headers, blocks, records
+
+
+def _legend(table: Table) -> str:
+    return (f"Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
+            "n = seeds per cell; 'paper' = the published number.")
+
+
+def render_markdown(table: Table, headers, blocks) -> str:
+    lines = [f"# {table.ref}", "", table.caption, "", _legend(table), ""]
+    for protocol, rows in blocks:
+        lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
+                  "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+                  *("| " + " | ".join(cells) + " |" for cells in rows), ""]
+    return "\n".join(lines)
+
+
+def render_html(table: Table, headers, blocks) -> str:
+    """A self-contained page (the Snakemake report shows it inline)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(table.ref)}</title><style>"
+             "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child"
+             "{text-align:left}th{background:#f3f3f3}</style></head><body>",
+             f"<h2>{escape(table.ref)}</h2><p>{escape(table.caption)}</p><p><small>{escape(_legend(table))}</small></p>"]
+    for protocol, rows in blocks:
+        parts.append(f"<h3>Protocol: {escape(protocol)} ({escape(PROTOCOLS[protocol])})</h3><table><tr>"
+                     + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
+        parts.append("</table>")
+    return "".join(parts) + "</body></html>\n"
+
+
+def build_table(params: dict, table: Table) -> tuple[str, str, str]:
+    """Return (markdown, csv, html) text for one declared table; values in percent."""
+    headers, blocks, records = table_blocks(params, table)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    return "\n".join(lines), buf.getvalue()
+    return render_markdown(table, headers, blocks), buf.getvalue(), render_html(table, headers, blocks)
 
 
 def write_table(params: dict, table: Table) -> list[Path]:
-    md, csv_text = build_table(params, table)
-    md_path, csv_path = table_paths(params, table.paper, table.name)
-    atomic.write_text(md_path, md)
-    atomic.write_text(csv_path, csv_text)
-    return [md_path, csv_path]
+    texts = build_table(params, table)
+    paths = table_paths(params, table.paper, table.name)
+    for path, text in zip(paths, texts):
+        atomic.write_text(path, text)
+    return list(paths)

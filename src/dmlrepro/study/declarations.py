@@ -269,7 +269,7 @@ def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str,
         run = resolve_run(params, dataset, method, seed, layers)
         _check_run(params, run, where)
         runs.append(study._add(run, paper, entry.get("preset")))
-    return runs
+    return _unique(runs)  # a training-free method is one run whatever the seed
 
 
 def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) -> Table:
@@ -279,6 +279,9 @@ def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) 
         raise DmlReproError(f"{path} tables.{name}: column keys must be unique (got {keys})")
     datasets = list(dict.fromkeys(c["dataset"] for c in tdecl["columns"]))
     protocols = tdecl.get("protocols", ["honest"])
+    if "last_epoch" in protocols and any(c["metric"] == "nmi" for c in tdecl["columns"]):
+        raise DmlReproError(f"{path} tables.{name}: NMI is computed for the honest and paper protocols only; "
+                            f"drop the NMI column or the last_epoch protocol")
     rows = []
     for i, rdecl in enumerate(tdecl["rows"]):
         where = f"{path} tables.{name} row {rdecl['label']!r} (rows[{i}])"

@@ -46,7 +46,8 @@ NON_SEMANTIC = {
 }
 
 #: Losses that train nothing (the frozen backbone): their runs carry no training settings, so a
-#: change of train.lr or the like does not rerun them.
+#: change of train.lr or the like does not rerun them, and no seed: they are deterministic, so a
+#: table shows them once ("single run") instead of repeating one number as if it were n seeds.
 TRAINING_FREE_LOSSES = {"none"}
 MACHINE_ONLY_TRAIN_KEYS = ("threads",)
 
@@ -233,6 +234,7 @@ def resolve_run(params: Mapping[str, Any], dataset: str, method: str, seed: int,
     cfg["seed"] = int(seed)
     base = default_config(params, dataset, method)
     if cfg["method"].get("loss") in TRAINING_FREE_LOSSES:
+        cfg["seed"] = 0
         for c in (cfg, base):
             c["train"] = {k: v for k, v in c["train"].items() if k in MACHINE_ONLY_TRAIN_KEYS}
 
