@@ -49,8 +49,10 @@ def _plot(sweep: Sweep, records: list[dict], path: Path) -> None:
         rows = [r for r in records if r["dataset"] == dataset]
         mean = [r["mean"] for r in rows]
         half = [0.0 if r["ci95"] is None else r["ci95"] for r in rows]
-        line, = ax.plot(xs, mean, marker="o", label=f"{dataset} (ours, n={rows[0]['n']})")
-        ax.fill_between(xs, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
+        n = rows[0]["n"]
+        line, = ax.plot(xs, mean, marker="o",
+                        label=f"{dataset}: ours, mean ± 95% CI, n={n}" if n > 1 else f"{dataset}: ours, single run")
+        ax.fill_between(xs, [max(0.0, m - h) for m, h in zip(mean, half)], [min(100.0, m + h) for m, h in zip(mean, half)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
         if any(r["published"] is not None for r in rows):
             ax.plot(xs, [r["published"] for r in rows], linestyle="--", marker="x", color=line.get_color(),
