@@ -309,3 +309,17 @@ def test_bad_params_fail_fast_naming_the_key(workspace):
     cli = run(["dmlrepro", "prepare", "--dataset", "glyphs"], workspace, check=False)
     assert cli.returncode == 2 and "train.lrr" in cli.stderr and "train.lr: -1" in cli.stderr
     assert not (workspace / "data").exists()
+
+
+def test_a_code_fix_reruns_the_same_jobs_under_both_engines(built):
+    """Both engines depend on the modules each command runs: a change to the statistics code
+    reruns the table under Snakemake and under DVC, and nothing else."""
+    ws, _ = built
+    assert "up to date" in run(["dvc", "status"], ws).stdout  # the Snakefile's onsuccess recorded the build
+    stats = ws / "src/dmlrepro/reporting/stats.py"
+    stats.write_text(stats.read_text() + "\n# a code fix\n")
+    counts = _job_counts(run(["snakemake", "--cores", "2", "-n"], ws).stdout)
+    assert {k: v for k, v in counts.items() if k not in ("all", "total")} == {"table": 1}
+    changed = {line.rstrip(":") for line in run(["dvc", "status"], ws).stdout.splitlines()
+               if line and not line.startswith(("\t", " "))}
+    assert changed == {"table-baselines-glyphs"}
