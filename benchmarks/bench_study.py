@@ -27,8 +27,7 @@ def count_cells(study) -> dict:
     sweeps = [study.sweep(r) for r in TARGETS["figures"]]
     cells = sum(len(t.rows) * len(t.decl["columns"]) * len(t.protocols) for t in tables)
     points = sum(len(s.points) for s in sweeps)
-    per_cell_runs = sum(len(t.seeds) * len(t.rows) * len({c["dataset"] for c in t.decl["columns"]}) for t in tables) \
-        + sum(len(s.seeds) * len(s.points) for s in sweeps)
+    per_cell_runs = sum(len(t.runs()) for t in [*tables, *sweeps])  # each target training its own
     return {"table_cells": cells, "figure_points": points,
             "runs_if_every_table_and_figure_trained_its_own": per_cell_runs,
             "runs_trained": len(study.runs_of(tables, sweeps))}

@@ -59,18 +59,22 @@ def cmd_extract(params: dict, args) -> None:
 def cmd_train(params: dict, args) -> None:
     from .training.frozen import train_run
 
-    run = _study(params).run(args.run)
-    summary = train_run(params, run, run.dir(params), _device(params, args.device),
-                        test_every_epoch=args.test_every_epoch)
+    study = _study(params)
+    run = study.run(args.run)
+    # the flag, or what the declarations and params.yaml ask now (a `dvc exp run -S` cannot change the flag)
+    every_epoch = args.test_every_epoch or study.needs[run.id].test_every_epoch
+    summary = train_run(params, run, run.dir(params), _device(params, args.device), test_every_epoch=every_epoch)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_evaluate(params: dict, args) -> None:
     from .evaluation.run import evaluate_run
 
-    run = _study(params).run(args.run)
-    metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi,
-                           paper_protocol=args.paper_protocol)
+    study = _study(params)
+    run = study.run(args.run)
+    needs = study.needs[run.id]
+    metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi or needs.nmi,
+                           paper_protocol=args.paper_protocol or needs.test_every_epoch)
     print(json.dumps(metrics["test"], indent=2))
 
 
@@ -135,9 +139,13 @@ def _list_runs(params: dict, args) -> None:
     """What a target trains: one line per run, with its config hash and whether it exists."""
     study = _study(params)
     if args.table:
-        targets = [study.table(args.table) if args.table in study.tables else study.sweep(args.table)]
-        runs = study.runs_of([t for t in targets if t.ref in study.tables],
-                             [t for t in targets if t.ref in study.sweeps])
+        if args.table in study.tables:
+            runs = study.table(args.table).runs()
+        elif args.table in study.sweeps:
+            runs = study.sweep(args.table).runs()
+        else:
+            raise DmlReproError(f"no table or figure {args.table!r} is declared; declared: "
+                                f"{', '.join(sorted([*study.tables, *study.sweeps]))}")
     else:
         runs = study.runs_of(*study.selected())
     done = 0
@@ -219,6 +227,8 @@ def _built_stages(params: dict) -> list[str]:
         outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics") for o in stage.get(key, [])]
         if all(Path(o).exists() for o in outs):
             built.append(name)
+    if not built:
+        raise DmlReproError("no stage of dvc.yaml has all its outputs yet: nothing to record in DVC")
     # DVC handles named targets one by one (about a second each); all of them is one call
     return [] if len(built) == len(stages) else built
 
@@ -261,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p = add("evaluate", cmd_evaluate, "evaluate a trained run on val and test")
     p.add_argument("--run", required=True)
-    p.add_argument("--nmi", action="store_true", help="compute NMI (k-means) too")
-    p.add_argument("--paper-protocol", action="store_true", help="also evaluate the best-on-test epoch")
+    p.add_argument("--nmi", action="store_true",
+                   help="compute NMI (k-means) too (also on when a declared table shows NMI of this run)")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="also evaluate the best-on-test epoch (also on when a declared table asks for it)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     for name, fn, text in (("table", cmd_table, "build a paper table (.md, .csv) and log its runs to MLflow"),
                            ("figure", cmd_figure, "build a sweep figure (.png, .csv) and log its runs to MLflow")):

@@ -209,12 +209,12 @@ def study(tmp_path_factory):
 def test_study_shares_runs_between_tables_and_the_sweep(study):
     ws, built = study
     counts = _job_counts(built.stdout + built.stderr)
-    # 10 cells (a: 2x2, b: 2 rows x 2 protocols, sweep: 2 points) from 4 runs: frozen, contrastive
-    # (in a, b and the sweep's default point), contrastive 128-d, contrastive neg_margin=0.3
-    assert counts["train"] == 4 and counts["evaluate"] == 4 and counts["table"] == 2 and counts["figure"] == 1
+    # 10 cells (a: 2x2, b: 2 rows x 2 protocols, sweep: 2 points) from 5 runs: frozen, contrastive
+    # (in a and b), contrastive 128-d, and the sweep's two declared margins
+    assert counts["train"] == 5 and counts["evaluate"] == 5 and counts["table"] == 2 and counts["figure"] == 1
     runs = sorted(p.parent.relative_to(ws / "results/runs").as_posix()
                   for p in (ws / "results/runs").rglob("metrics.json"))
-    assert len(runs) == 4 and "glyphs/efficientnet_lite0/contrastive/seed0" in runs
+    assert len(runs) == 5 and "glyphs/efficientnet_lite0/contrastive/seed0" in runs
     listed = run(["dmlrepro", "list", "runs", "--table", "mini/b"], ws).stdout
     assert listed.count("evaluated") == 2 and "--test-every-epoch" in listed
 
@@ -244,7 +244,8 @@ def test_figure_has_one_point_per_value(study):
     ws, _ = study
     rows = list(csv.DictReader((ws / "results/figures/mini/margin.csv").open()))
     assert [float(r["value"]) for r in rows] == [0.3, 0.5]
-    assert rows[1]["run"] == "contrastive"  # the default margin is the table's run
+    # the declared default margin is its own folder, with the table's configuration: the same result
+    assert rows[1]["run"].startswith("contrastive-")
     table_a = list(csv.DictReader((ws / "results/tables/mini/a.csv").open()))
     assert float(rows[1]["mean"]) == float(next(r for r in table_a if r["row"] == "Contrastive")["r1_mean"])
     png = (ws / "results/figures/mini/margin.png").read_bytes()
@@ -266,15 +267,19 @@ def test_snakemake_build_is_recorded_in_dvc_and_an_ablation_reruns_only_its_runs
     assert "up to date" in status.stdout, status.stdout
     run(["git", "add", "-A"], ws)
     run(["git", "commit", "-qm", "built with snakemake"], ws)
-    exp = run(["dvc", "exp", "run", "-S", "methods.contrastive.loss_args.pos_margin=0.05"], ws)
+    # the swept hyper-parameter itself: the runs that take it from params.yaml rerun, the sweep's
+    # points (which declare their own value) and everything else do not, and no run is renamed
+    exp = run(["dvc", "exp", "run", "-S", "methods.contrastive.loss_args.neg_margin=0.4"], ws)
     ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout + exp.stderr))
     trained = {s for s in ran if s.startswith("train-")}
-    assert len(trained) == 3 and all("contrastive" in s for s in trained), ran
+    plain = "train-glyphs-efficientnet_lite0-contrastive-seed0"
+    assert len(trained) == 2 and plain in trained, ran  # the plain row and the 128-d preset row
+    assert all(s.startswith("train-glyphs-efficientnet_lite0-contrastive") for s in trained), ran
     assert {s for s in ran if s.startswith("evaluate-")} == {s.replace("train-", "evaluate-") for s in trained}
-    assert {"table-mini-a", "table-mini-b", "figure-mini-margin"} <= ran
+    assert {"table-mini-a", "table-mini-b"} <= ran and "figure-mini-margin" not in ran
     assert not any(s.startswith(("prepare-", "extract-")) or "frozen" in s for s in ran), ran
     shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], ws).stdout))
-    assert "pos_margin" in shown and "recall@1" in shown
+    assert "neg_margin" in shown and "recall@1" in shown
 
 
 def test_dvc_repro_builds_the_same_study_as_snakemake(study, tmp_path):
@@ -283,7 +288,7 @@ def test_dvc_repro_builds_the_same_study_as_snakemake(study, tmp_path):
     fresh = make_workspace(tmp_path, params, papers={"mini": STUDY})
     out = run(["dvc", "repro"], fresh)
     ran = re.findall(r"Running stage '([^']+)'", out.stdout + out.stderr)
-    assert sum(s.startswith("train-") for s in ran) == 4
+    assert sum(s.startswith("train-") for s in ran) == 5
     for name in ("tables/mini/a.csv", "tables/mini/b.csv", "figures/mini/margin.csv"):
         assert (fresh / "results" / name).read_text() == (ws / "results" / name).read_text(), name
     assert "up to date" in run(["dvc", "status"], fresh).stdout

@@ -185,6 +185,15 @@ def test_hash_is_a_function_of_the_semantic_config(params):
 # ---------------------------------------------------------------------------------------------
 # Naming and sharing
 
+SWEEP_ON_LR = """sweeps:
+  lr:
+    base: {table: a, row: Triplet}
+    parameter: train.lr
+    values: [1.0e-4, 3.0e-4]
+    datasets: [glyphs]
+    metric: recall@1
+"""
+
 NAMING = """
 presets:
   emb: {train.embedding_dim: 128}
@@ -204,29 +213,46 @@ tables:
 
 
 def test_run_naming_and_sharing(params):
+    """Folders are named by the declaration (a preset by name), so rows declared alike share a run,
+    and a `dvc exp run -S` on a params value can never rename one."""
     assert params["train"]["lr"] == 1.0e-4 and params["train"]["embedding_dim"] == 512
     write_paper(params, NAMING)
     study = load_study(params)
     a, b = study.table("demo/a"), study.table("demo/b")
     names = {row.label: row.runs["glyphs"][0].name for t in (a, b) for row in t.rows}
-    assert names["Triplet"] == names["Plain"] == names["Triplet default lr"] == "triplet"
+    assert names["Triplet"] == names["Plain"] == "triplet"
     emb = HASHED.match(names["Triplet 128"])
-    assert emb and emb.group("method") == "triplet"
-    assert names["Same 128"] == names["Same by override"] == names["Triplet 128"]
-    # the suffix hashes the difference from the defaults only, whatever the method
-    assert HASHED.match(names["Contrastive 128"]).group("hash") == emb.group("hash")
-    # every run is held once: 7 cells x 2 seeds; 3 distinct configurations x 2 seeds
+    assert emb and emb.group("method") == "triplet" and names["Same 128"] == names["Triplet 128"]
+    # declared differently: another folder, although the configuration is the same
+    assert names["Same by override"] not in (names["Triplet 128"], "triplet")
+    same = {row.label: row.runs["glyphs"][0] for t in (a, b) for row in t.rows}
+    assert same["Same by override"].hash == same["Triplet 128"].hash
+    assert names["Triplet default lr"] != "triplet" and same["Triplet default lr"].hash == same["Triplet"].hash
+    # the suffix hashes the declared keys, whatever the method
+    assert HASHED.match(names["Contrastive 128"]).group("hash") == HASHED.match(names["Same by override"]).group("hash")
     cells = sum(len(runs) for t in (a, b) for row in t.rows for runs in row.runs.values())
     assert cells == 7 * 2
-    assert len(study.runs) == 3 * 2 == len(study.needs)
-    assert sorted(study.runs) == sorted(f"glyphs/efficientnet_lite0/{n}/seed{s}" for s in (0, 1)
-                                        for n in ("triplet", names["Triplet 128"], names["Contrastive 128"]))
-    assert len(a.runs()) == 6 and len(b.runs()) == 4
-    assert [r.id for r in b.rows[0].runs["glyphs"]] == [r.id for r in b.rows[1].runs["glyphs"]]
+    assert len(study.runs) == 5 * 2 == len(study.needs)
+    assert len(a.runs()) == 8 and len(b.runs()) == 6
+    assert [r.id for r in b.rows[0].runs["glyphs"]] == [r.id for r in a.rows[1].runs["glyphs"]]
     # a run object is shared, not a copy
     assert a.rows[1].runs["glyphs"][0] is b.rows[0].runs["glyphs"][0]
     assert study.presets_of[a.rows[1].runs["glyphs"][0].id] == {("demo", "emb")}
-    assert len(study.runs_of([a, b], [])) == 6
+    assert len(study.runs_of([a, b], [])) == 10
+
+
+def test_names_do_not_follow_params_values(params):
+    """`dvc exp run -S` edits params.yaml or a preset: no run may change its folder."""
+    write_paper(params, NAMING + SWEEP_ON_LR)
+    before = load_study(params)
+    changed = copy.deepcopy(params)
+    changed["train"]["lr"] = 3.0e-4  # now equal to a sweep point
+    changed["train"]["embedding_dim"] = 128  # now equal to the preset
+    write_paper(changed, (NAMING + SWEEP_ON_LR).replace("emb: {train.embedding_dim: 128}",
+                                                        "emb: {train.embedding_dim: 128, train.lr: 0.01}"))
+    after = load_study(changed)
+    assert sorted(before.runs) == sorted(after.runs)
+    assert any(before.runs[i].hash != after.runs[i].hash for i in before.runs)
 
 
 def test_runs_declared_in_two_papers_are_one_run(params):
@@ -305,22 +331,22 @@ def test_sweep_expansion(tmp_path):
         assert [r.seed for r in point.runs] == [0, 1, 2]
         assert all(r.config["train"]["lr"] == point.value and r.dataset == point.dataset for r in point.runs)
         assert all(r.method == "multi_similarity" for r in point.runs)
-    # the point at the default lr is the table's run
-    table_ids = [r.id for r in study.table("demo/t").rows[0].runs["glyphs"]]
-    assert [r.id for r in sweep.points[0].runs] == table_ids
-    assert all(r.name == "multi_similarity" for r in sweep.points[0].runs + sweep.points[3].runs)
-    assert all(HASHED.match(r.name) for p in sweep.points if p.value != 1.0e-4 for r in p.runs)
+    # the point at the default lr is declared (train.lr) and so its own folder, with the table's configuration
+    table_runs = study.table("demo/t").rows[0].runs["glyphs"]
+    assert [r.hash for r in sweep.points[0].runs] == [r.hash for r in table_runs]
+    assert [r.id for r in sweep.points[0].runs] != [r.id for r in table_runs]
+    assert all(HASHED.match(r.name) for p in sweep.points for r in p.runs)
     # the same value on another dataset has the same name (the dataset is in the path)
     assert sweep.points[1].runs[0].name == sweep.points[4].runs[0].name
     margin = study.sweep("demo/margin")
     assert [r.config["method"]["loss_args"]["margin"] for p in margin.points for r in p.runs] == \
         [v for v in (0.05, 0.1, 0.2) for _ in range(3)]
-    assert margin.points[1].runs[0].name == "triplet"  # 0.1 is the method's own margin
-    # table 3 + lr sweep 18 (3 shared with the table) + margin sweep 9
-    assert len(study.runs) == 3 + 18 - 3 + 9
+    assert margin.points[1].runs[0].name != "triplet"  # declared, although 0.1 is the method's own margin
+    # table 3 + lr sweep 18 + margin sweep 9
+    assert len(study.runs) == 3 + 18 + 9
 
 
-def test_sweep_point_equal_to_a_preset_row_shares_its_run(params):
+def test_sweep_point_equal_to_a_preset_row_has_its_configuration(params):
     write_paper(params, """
 presets:
   emb: {train.embedding_dim: 128}
@@ -337,9 +363,9 @@ sweeps:
 """)
     study = load_study(params)
     points = study.sweep("demo/dim").points
-    assert [r.id for r in points[0].runs] == [r.id for r in study.table("demo/t").runs()]
-    assert points[1].runs[0].name == "triplet"
-    assert len(study.runs) == 4
+    assert [r.hash for r in points[0].runs] == [r.hash for r in study.table("demo/t").runs()]
+    assert points[1].runs[0].name != "triplet"
+    assert len(study.runs) == 6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +482,7 @@ def test_undefined_dataset_in_a_column(params):
     path = write_paper(params, _table("      - {label: T, method: triplet}\n",
                                       "    columns: [{key: r1, dataset: cub, metric: recall@1}]\n"))
     msg = _error(params)
-    assert str(path) in msg and "row 'T'" in msg and "dataset 'cub' is not defined" in msg and "glyphs" in msg
+    assert str(path) in msg and "column 'r1'" in msg and "dataset 'cub' is not defined" in msg and "glyphs" in msg
 
 
 def test_undefined_preset(params):
@@ -622,20 +648,19 @@ def test_an_override_cannot_rename_the_method(params):
 # Equal configurations are one run, whatever the YAML spelling of a number
 
 
-@pytest.mark.parametrize("method,overrides", [
-    ("contrastive", {"method.loss_args.pos_margin": 0}),  # params: 0.0
-    ("triplet", {"extract.crop_scale": [0.5, 1]}),  # params: [0.5, 1.0]
-    ("triplet", {"train.embedding_dim": 512.0}),  # params: 512
+@pytest.mark.parametrize("method,spellings", [
+    ("contrastive", ("method.loss_args.pos_margin: 0", "method.loss_args.pos_margin: 0.0")),
+    ("triplet", ("extract.crop_scale: [0.5, 1]", "extract.crop_scale: [0.5, 1.0]")),
+    ("triplet", ("train.embedding_dim: 128", "train.embedding_dim: 128.0")),
 ])
-def test_numerically_equal_overrides_are_the_plain_run(params, method, overrides):
-    """A folder holds one configuration: two runs share an id exactly when they share a hash."""
-    plain, spelled = _run(params, method), _run(params, method, **overrides)
-    assert (plain.id == spelled.id) == (plain.hash == spelled.hash)
-    assert (plain.features.id == spelled.features.id) == (plain.features.hash == spelled.features.hash)
-    key, value = next(iter(overrides.items()))
-    write_paper(params, _table(f"      - {{label: A, method: {method}}}\n"
-                               f"      - {{label: B, method: {method}, overrides: {{{key}: {value}}}}}\n"))
-    load_study(params)  # not "resolves to two configurations"
+def test_numerically_equal_spellings_are_one_run(params, method, spellings):
+    """A folder holds one configuration: `0` and `0.0` name and hash alike."""
+    write_paper(params, _table(f"      - {{label: A, method: {method}, overrides: {{{spellings[0]}}}}}\n"
+                               f"      - {{label: B, method: {method}, overrides: {{{spellings[1]}}}}}\n"))
+    rows = load_study(params).table("demo/t").rows
+    a, b = rows[0].runs["glyphs"], rows[1].runs["glyphs"]
+    assert [r.id for r in a] == [r.id for r in b] and [r.hash for r in a] == [r.hash for r in b]
+    assert [r.features.id for r in a] == [r.features.id for r in b]
 
 
 def test_an_accepted_evaluation_override_is_honoured_or_refused(params):

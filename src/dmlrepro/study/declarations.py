@@ -227,9 +227,9 @@ def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str) -> lis
         if preset not in presets:
             raise DmlReproError(f"{where}: preset {preset!r} is not defined in this file "
                                 f"(presets: {', '.join(presets) or '(none)'})")
-        layers.append((f"{where} preset {preset!r}", presets[preset]))
+        layers.append((f"{where} preset {preset!r}", presets[preset], {"preset": preset}))
     if entry.get("overrides"):
-        layers.append((f"{where} overrides", entry["overrides"]))
+        layers.append((f"{where} overrides", entry["overrides"], entry["overrides"]))
     return layers
 
 
@@ -245,6 +245,16 @@ def _check_run(params: Mapping[str, Any], run: Run, where: str) -> None:
     if problems:
         raise DmlReproError(f"{where} resolves to an invalid run configuration:\n" +
                             "\n".join(f"    - {p}" for p in problems))
+
+
+def _check_nmi(metric: str, split: str, protocols, where: str) -> None:
+    """NMI (k-means) is computed on the test split, for the honest and the papers' protocols."""
+    if metric != "nmi":
+        return
+    if split != "test":
+        raise DmlReproError(f"{where}: NMI is computed on the test split only (not {split!r})")
+    if "last_epoch" in protocols:
+        raise DmlReproError(f"{where}: NMI is computed for the honest and paper protocols only, not last_epoch")
 
 
 def _check_metric(metric: str, ks: list[int], where: str) -> None:
@@ -279,9 +289,12 @@ def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) 
         raise DmlReproError(f"{path} tables.{name}: column keys must be unique (got {keys})")
     datasets = list(dict.fromkeys(c["dataset"] for c in tdecl["columns"]))
     protocols = tdecl.get("protocols", ["honest"])
-    if "last_epoch" in protocols and any(c["metric"] == "nmi" for c in tdecl["columns"]):
-        raise DmlReproError(f"{path} tables.{name}: NMI is computed for the honest and paper protocols only; "
-                            f"drop the NMI column or the last_epoch protocol")
+    for col in tdecl["columns"]:
+        where = f"{path} tables.{name} column {col['key']!r}"
+        if col["dataset"] not in study.params["datasets"]:
+            raise DmlReproError(f"{where}: dataset {col['dataset']!r} is not defined in params.yaml "
+                                f"(datasets: {', '.join(study.params['datasets'])})")
+        _check_nmi(col["metric"], col.get("split", "test"), protocols, where)
     rows = []
     for i, rdecl in enumerate(tdecl["rows"]):
         where = f"{path} tables.{name} row {rdecl['label']!r} (rows[{i}])"
@@ -323,6 +336,7 @@ def _expand_sweep(study: Study, paper: str, name: str, sdecl: dict, path: Path) 
     base = _sweep_base(study.papers[paper], sdecl, where)
     seeds = _seeds(study.params, sdecl)
     published = sdecl.get("published", {})
+    _check_nmi(sdecl["metric"], sdecl.get("split", "test"), [sdecl.get("protocol", "honest")], where)
     for dataset, curve in published.items():
         if dataset not in sdecl["datasets"] or len(curve) != len(sdecl["values"]):
             raise DmlReproError(f"{where}: published curve for {dataset!r} must be one of the sweep's datasets "
@@ -331,8 +345,9 @@ def _expand_sweep(study: Study, paper: str, name: str, sdecl: dict, path: Path) 
     for dataset in sdecl["datasets"]:
         for value in sdecl["values"]:
             point_where = f"{where} {sdecl['parameter']}={value}"
+            point = {sdecl["parameter"]: value}
             runs = _resolve(study, study.papers[paper], paper, base, dataset, seeds, point_where,
-                            extra=[(point_where, {sdecl["parameter"]: value})])
+                            extra=[(point_where, point, point)])
             _check_metric(sdecl["metric"], runs[0].config["evaluation"]["ks"], where)
             for run in runs:
                 study.needs[run.id].nmi |= sdecl["metric"] == "nmi"

@@ -16,12 +16,14 @@ It is built from params.yaml's defaults, then a paper's preset, then a row's ove
 sweep's value (dotted keys such as ``train.embedding_dim`` or ``method.loss_args.margin``).
 
 Identity: ``config_hash`` hashes only the keys that can change a result; threads, extraction batch
-size, paths and the device never count (``NON_SEMANTIC``). Where it lives: runs that differ from
-params.yaml's defaults only in their method keep the method's name; any other difference adds a
-hash of exactly those differences: ``results/runs/<dataset>/<backbone>/<method>[-<hash8>]/seed<k>``.
-Two declarations that resolve to the same configuration therefore land in the same folder and
-train once, and ``dvc exp run -S train.lr=...`` changes what a folder holds, not where it is (DVC
-needs stable output paths; DVC experiments version the contents).
+size, paths and the device never count (``NON_SEMANTIC``); it is recorded in model.pt and
+metrics.json, and a model or metrics file of another configuration is refused.
+
+Where it lives: ``results/runs/<dataset>/<backbone>/<method>[-<hash8>]/seed<k>``, the hash8 taken
+over what the declaration sets (its preset by name, its overrides, a sweep's value), never over
+params.yaml's current values. Rows declared alike in several tables therefore share one run and
+train once, and ``dvc exp run -S <any value>`` changes what a folder holds, not where it is (DVC
+needs static output paths; DVC experiments version the contents).
 """
 from __future__ import annotations
 
@@ -130,6 +132,9 @@ def apply_overrides(cfg: dict, overrides: Mapping[str, Any], where: str) -> None
         if root not in OVERRIDABLE:
             raise DmlReproError(f"{where}: {key!r} is not a run key; it must start with one of: "
                                 f"{', '.join(OVERRIDABLE)}")
+        if key == root and root != "regime":
+            raise DmlReproError(f"{where}: {key!r} is a section, not a value; set one of its keys, "
+                                f"e.g. {root}.{'name' if root == 'backbone' else 'lr' if root == 'train' else '...'}")
         if root == "regime":
             cfg["regime"] = value
         else:
@@ -160,14 +165,6 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
     })
 
 
-def _differences(cfg: Mapping[str, Any], base: Mapping[str, Any], sections: Iterable[str]) -> dict:
-    ours, theirs = flatten(semantic({s: cfg[s] for s in sections})), flatten(semantic({s: base[s] for s in sections}))
-    missing = object()
-    diff = {k: v for k, v in ours.items() if theirs.get(k, missing) != v}
-    diff.update({k: None for k in theirs if k not in ours})
-    return diff
-
-
 @dataclass(frozen=True)
 class FeatureSet:
     """Cached backbone features of one prepared dataset, keyed by (dataset, backbone, extraction)."""
@@ -195,6 +192,7 @@ class Run:
     config: dict  # every section, seed included
     name: str  # <method> or <method>-<hash8>
     features: FeatureSet
+    declared: frozenset = frozenset()  # the dotted keys its declaration sets (params.yaml's do not apply)
 
     @property
     def dataset(self) -> str:
@@ -224,28 +222,55 @@ class Run:
         return Path(params["paths"]["runs"]) / self.id
 
 
+#: (where, overrides[, naming]): `naming` is what the folder name hashes (default: the overrides)
+Layer = tuple
+
+
+def _naming_keys(layers: Iterable[Layer], sections: tuple[str, ...]) -> dict:
+    """What names a run (or its features): the declared keys of its layers that can change a result
+    and belong to `sections`; a preset counts by its name, so editing its values keeps the name."""
+    named: dict = {}
+    for _, overrides, naming in layers:
+        touched = {k.split(".")[0] for k in flatten(overrides)}
+        for key, value in flatten(naming).items():
+            if key == "preset":
+                if touched & set(sections):
+                    named[key] = value
+                continue
+            section, _, leaf = key.partition(".")
+            if section not in sections or leaf.split(".")[0] in NON_SEMANTIC.get(section, ()) \
+                    or key in ("backbone.name", "method.name"):  # the path holds these already
+                continue
+            named[key] = PurePath(str(value)).name if key == "backbone.weights" and value else value
+    return _normal_numbers(named)
+
+
 def resolve_run(params: Mapping[str, Any], dataset: str, method: str, seed: int,
-                layers: Iterable[tuple[str, Mapping[str, Any]]] = ()) -> Run:
-    """Resolve a run: params.yaml defaults, then each (where, overrides) layer in order."""
+                layers: Iterable[Layer] = ()) -> Run:
+    """Resolve a run: params.yaml defaults, then each (where, overrides, naming) layer in order.
+
+    The folder name comes from the declaration, not from the values: <method> for a plain row,
+    else <method>-<hash8 of the declared keys> (a preset by its name). So `dvc exp run -S` on any
+    params.yaml or preset value keeps every path (DVC needs static outputs), and rows declared alike
+    in several tables share one run.
+    """
+    layers = [(layer[0], layer[1], layer[2] if len(layer) > 2 else layer[1]) for layer in layers]
     cfg = default_config(params, dataset, method)
-    for where, overrides in layers:
+    for where, overrides, _ in layers:
         apply_overrides(cfg, overrides, where)
     cfg["method"]["name"] = method  # the name is the row's, never an override's
     cfg["seed"] = int(seed)
-    base = default_config(params, dataset, method)
     if cfg["method"].get("loss") in TRAINING_FREE_LOSSES:
         cfg["seed"] = 0
-        for c in (cfg, base):
-            c["train"] = {k: v for k, v in c["train"].items() if k in MACHINE_ONLY_TRAIN_KEYS}
+        cfg["train"] = {k: v for k, v in cfg["train"].items() if k in MACHINE_ONLY_TRAIN_KEYS}
 
-    feature_cfg = {s: cfg[s] for s in FEATURE_SECTIONS}
-    feature_diff = _differences(cfg, base, ("backbone", "regime", "extract"))
-    feature_diff.pop("backbone.name", None)  # already in the path
+    feature_named = _naming_keys(layers, ("backbone", "regime", "extract"))
     backbone = cfg["backbone"]["name"]
-    features = FeatureSet(dataset, copy.deepcopy(feature_cfg),
-                          backbone + (f"-{short_hash(feature_diff, 8)}" if feature_diff else ""))
-
-    run_diff = _differences(cfg, base, OVERRIDABLE)
-    run_diff.pop("backbone.name", None)
-    name = method + (f"-{short_hash(run_diff, 8)}" if run_diff else "")
-    return Run(cfg, name, features)
+    features = FeatureSet(dataset, copy.deepcopy({s: cfg[s] for s in FEATURE_SECTIONS}),
+                          backbone + (f"-{short_hash(feature_named, 8)}" if feature_named else ""))
+    run_named = _naming_keys(layers, OVERRIDABLE)
+    if cfg["method"].get("loss") in TRAINING_FREE_LOSSES:  # training settings do not apply
+        run_named = {k: v for k, v in run_named.items() if not k.startswith("train.")}
+    name = method + (f"-{short_hash(run_named, 8)}" if run_named else "")
+    declared = frozenset(k for _, overrides, _ in layers for k in flatten(overrides))
+    return Run(cfg, name, features, declared)

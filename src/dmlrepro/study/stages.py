@@ -14,17 +14,17 @@ from .runs import FeatureSet, Run
 PACKAGE = Path("src/dmlrepro")
 
 #: Package modules (relative to src/dmlrepro) whose code each stage's command runs.
+#: Every command loads params.yaml and the study (whose checks read the method registries).
+_COMMON = ["cli.py", "config.py", "atomic.py", "errors.py", "registry.py", "schemas.py", "study", "methods"]
 STAGE_MODULES = {
-    "prepare": ["cli.py", "config.py", "atomic.py", "registry.py", "data"],
-    "extract": ["cli.py", "config.py", "atomic.py", "registry.py", "backbones", "data/manifest.py", "study"],
-    "train": ["cli.py", "config.py", "atomic.py", "registry.py", "study", "training", "methods",
-              "evaluation/metrics.py", "backbones/extract.py"],
-    "evaluate": ["cli.py", "config.py", "atomic.py", "study", "evaluation", "training/frozen.py",
-                 "training/heads.py", "backbones/extract.py"],
-    "table": ["cli.py", "config.py", "atomic.py", "study", "reporting/tables.py", "reporting/stats.py",
-              "reporting/tracking.py"],
-    "figure": ["cli.py", "config.py", "atomic.py", "study", "reporting/figures.py", "reporting/tables.py",
-               "reporting/stats.py", "reporting/tracking.py"],
+    "prepare": [*_COMMON, "data"],
+    "extract": [*_COMMON, "backbones", "data/__init__.py", "data/manifest.py"],
+    "train": [*_COMMON, "training", "evaluation/metrics.py", "backbones/__init__.py", "backbones/extract.py"],
+    "evaluate": [*_COMMON, "evaluation", "training/frozen.py", "training/heads.py", "training/sampler.py",
+                 "backbones/__init__.py", "backbones/extract.py"],
+    "table": [*_COMMON, "reporting/tables.py", "reporting/stats.py", "reporting/tracking.py"],
+    "figure": [*_COMMON, "reporting/figures.py", "reporting/tables.py", "reporting/stats.py",
+               "reporting/tracking.py"],
 }
 
 
