@@ -114,7 +114,7 @@ def section_problems(run_cfg: dict) -> list[str]:
         problems += [f"train.{p}" for p in _train_problems(run_cfg["train"])]
         from .methods import method_problems
 
-        problems += [f"method.{p}" for p in method_problems(run_cfg["method"])]
+        problems += [f"method: {p}" for p in method_problems(run_cfg["method"])]
     return problems
 
 

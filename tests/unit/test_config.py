@@ -116,7 +116,7 @@ def test_section_problems_of_a_resolved_run(params):
     assert any("train.lr: -1 is out of range" in p for p in section_problems(run.config))
     run = resolve_run(params, "glyphs", "triplet", 0, [("test", {"method.loss_args.marign": 0.1})])
     (problem,) = section_problems(run.config)
-    assert problem.startswith("method.") and "marign" in problem and "margin" in problem
+    assert problem.startswith("method: ") and "marign" in problem and "margin" in problem
 
 
 def test_artefact_paths(params):

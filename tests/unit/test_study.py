@@ -684,3 +684,17 @@ def test_frozen_runs_carry_no_training_settings(params):
     again = resolve_run(changed, "glyphs", "frozen", 0)
     assert again.hash == frozen.hash and again.id == frozen.id
     assert _run(changed).hash != _run(params).hash  # a trained method does change
+
+
+def test_every_bad_row_is_reported_at_once_with_its_label(params):
+    params["tables"] = ["demo/t"]
+    path = write_paper(params, _table("      - {label: B, method: triplet, overrides: {backbone: resnet50}}\n"
+                                      "      - {label: C, method: triplet, overrides: {method.loss_args.marign: 0.2}}\n"
+                                      "      - {label: E, method: triplet, overrides: {foo.bar: 1}}\n"))
+    msg = _error(params)
+    assert "row 'E'" in msg and "override key 'foo.bar' is not a run key" in msg and "Unevaluated" not in msg
+    path.write_text(path.read_text().replace("      - {label: E, method: triplet, overrides: {foo.bar: 1}}\n", ""))
+    msg = _error(params)
+    assert "row 'B'" in msg and "'backbone' is a section" in msg
+    assert "row 'C'" in msg and "marign" in msg
+    assert "is not declared" not in msg  # the table is declared; its rows are what is wrong

@@ -172,15 +172,41 @@ def _paper_files(params: Mapping[str, Any]) -> list[Path]:
     return sorted(folder.glob("*.yaml"))
 
 
-def load_declaration(path: Path) -> dict:
+_ROW_KEYS = {"label", "method", "preset", "overrides", "published"}
+
+
+def _where(decl: Any, path) -> str:
+    """'tables.t.rows.0' -> "tables.t.rows.0 (row 'A')": name the row a user wrote."""
+    text, node = ".".join(map(str, path)) or "(top)", decl
+    for i, part in enumerate(path):
+        node = node[part] if isinstance(node, (dict, list)) else None
+        if i >= 3 and path[i - 1] == "rows" and isinstance(node, dict) and "label" in node:
+            text = text.replace(f"rows.{part}", f"rows.{part} (row {node['label']!r})", 1)
+    return text
+
+
+def _schema_errors(decl: Any) -> list[str]:
     import jsonschema
 
+    errors = []
+    for e in jsonschema.Draft202012Validator(paper_schema()).iter_errors(decl):
+        if e.validator == "unevaluatedProperties" and isinstance(e.instance, dict) \
+                and set(e.instance) <= _ROW_KEYS | {"table", "row"}:
+            continue  # a consequence of another error in the same row, not a problem of its own
+        message = e.message
+        if "propertyNames" in e.schema_path and "overrides" in e.absolute_path:  # a key outside the run sections
+            message = (f"override key {e.instance!r} is not a run key; it must start with one of: "
+                       "backbone, regime, extract, method, train, evaluation")
+        errors.append(f"{_where(decl, list(e.absolute_path))}: {message}")
+    return errors
+
+
+def load_declaration(path: Path) -> dict:
     try:
         decl = yaml.safe_load(path.read_text("utf-8"))
     except yaml.YAMLError as exc:
         raise DmlReproError(f"{path} is not valid YAML: {exc}") from None
-    errors = [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-              for e in jsonschema.Draft202012Validator(paper_schema()).iter_errors(decl)]
+    errors = _schema_errors(decl)
     if not errors and decl["paper"] != path.stem:
         errors.append(f"paper: {decl['paper']!r} must equal the file name {path.stem!r}")
     if errors:
@@ -208,7 +234,9 @@ def load_study(params: dict) -> Study:
                 problems.append(str(exc))
     for key, kind in (("tables", study.tables), ("figures", study.sweeps)):
         for ref in params.get(key, []):
-            if ref not in kind:
+            paper, _, entry = ref.partition("/")
+            declared_in_file = entry in study.papers.get(paper, {}).get(key if key == "tables" else "sweeps", {})
+            if ref not in kind and not declared_in_file:  # (a declared one that failed is reported above)
                 problems.append(f"params.yaml {key}: {ref!r} is not declared (declared: {', '.join(sorted(kind)) or '(none)'})")
     if problems:
         raise DmlReproError("invalid study:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -295,25 +323,34 @@ def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) 
             raise DmlReproError(f"{where}: dataset {col['dataset']!r} is not defined in params.yaml "
                                 f"(datasets: {', '.join(study.params['datasets'])})")
         _check_nmi(col["metric"], col.get("split", "test"), protocols, where)
-    rows = []
+    rows, problems = [], []
     for i, rdecl in enumerate(tdecl["rows"]):
-        where = f"{path} tables.{name} row {rdecl['label']!r} (rows[{i}])"
-        bad = sorted(set(rdecl.get("published", {})) - set(keys))
-        if bad:
-            raise DmlReproError(f"{where}: published values for unknown columns {bad} (columns: {', '.join(keys)})")
-        runs = {d: _resolve(study, study.papers[paper], paper, rdecl, d, seeds, where) for d in datasets}
-        for col in tdecl["columns"]:
-            _check_metric(col["metric"], runs[col["dataset"]][0].config["evaluation"]["ks"],
-                          f"{path} tables.{name} column {col['key']!r}")
-            for run in runs[col["dataset"]]:
-                needs = study.needs[run.id]
-                needs.nmi |= col["metric"] == "nmi"
-                needs.test_every_epoch |= "paper" in protocols
-        rows.append(Row(rdecl["label"], rdecl["method"], rdecl.get("preset"), runs, dict(rdecl.get("published", {}))))
+        try:
+            rows.append(_expand_row(study, paper, name, tdecl, rdecl, i, path, datasets, seeds, protocols, keys))
+        except DmlReproError as exc:  # report every row's problem at once
+            problems.append(str(exc))
+    if problems:
+        raise DmlReproError("\n  - ".join(problems))
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise DmlReproError(f"{path} tables.{name}: row labels must be unique (got {labels})")
     return Table(paper, name, tdecl, seeds, rows)
+
+
+def _expand_row(study, paper, name, tdecl, rdecl, i, path, datasets, seeds, protocols, keys) -> Row:
+    where = f"{path} tables.{name} row {rdecl['label']!r} (rows[{i}])"
+    bad = sorted(set(rdecl.get("published", {})) - set(keys))
+    if bad:
+        raise DmlReproError(f"{where}: published values for unknown columns {bad} (columns: {', '.join(keys)})")
+    runs = {d: _resolve(study, study.papers[paper], paper, rdecl, d, seeds, where) for d in datasets}
+    for col in tdecl["columns"]:
+        _check_metric(col["metric"], runs[col["dataset"]][0].config["evaluation"]["ks"],
+                      f"{path} tables.{name} column {col['key']!r}")
+        for run in runs[col["dataset"]]:
+            needs = study.needs[run.id]
+            needs.nmi |= col["metric"] == "nmi"
+            needs.test_every_epoch |= "paper" in protocols
+    return Row(rdecl["label"], rdecl["method"], rdecl.get("preset"), runs, dict(rdecl.get("published", {})))
 
 
 def _sweep_base(decl: dict, sdecl: dict, where: str) -> dict:
