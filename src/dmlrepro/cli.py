@@ -78,28 +78,27 @@ def cmd_evaluate(params: dict, args) -> None:
     print(json.dumps(metrics["test"], indent=2))
 
 
-def cmd_table(params: dict, args) -> None:
-    from .reporting.tables import write_table
+def _write_target(params: dict, target, write, no_mlflow: bool) -> None:
+    """Write a table's or a figure's files, then log its runs to its MLflow experiment."""
     from .reporting.tracking import log_target
 
-    table = _study(params).table(args.table)
-    for path in write_table(params, table):
+    for path in write(params, target):
         print(f"wrote {path}")
-    if not args.no_mlflow:
-        created = log_target(params, table)
+    if not no_mlflow:
+        created = log_target(params, target)
         print(f"MLflow ({params['mlflow']['tracking_uri']}): {created} new run(s) logged")
+
+
+def cmd_table(params: dict, args) -> None:
+    from .reporting.tables import write_table
+
+    _write_target(params, _study(params).table(args.table), write_table, args.no_mlflow)
 
 
 def cmd_figure(params: dict, args) -> None:
     from .reporting.figures import write_figure
-    from .reporting.tracking import log_target
 
-    sweep = _study(params).sweep(args.figure)
-    for path in write_figure(params, sweep):
-        print(f"wrote {path}")
-    if not args.no_mlflow:
-        created = log_target(params, sweep)
-        print(f"MLflow ({params['mlflow']['tracking_uri']}): {created} new run(s) logged")
+    _write_target(params, _study(params).sweep(args.figure), write_figure, args.no_mlflow)
 
 
 def cmd_mlflow_init(params: dict, args) -> None:

@@ -34,6 +34,7 @@ def test_logs_once_and_replaces_runs_left_unfinished(params):
     assert log_target(params, table) == 0  # unchanged config: no duplicate
     client = MlflowClient(params["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name("demo/t1")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training-runs view
     (run,) = client.search_runs([exp.experiment_id])
     tags = run.data.tags
     assert tags["config_hash"] == "abc" and tags["row"] == "Triplet"

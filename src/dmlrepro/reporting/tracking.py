@@ -104,6 +104,8 @@ def log_target(params: dict, target: Table | Sweep) -> int:
         exp = client.get_experiment_by_name(target.ref)
         exp_id = exp.experiment_id if exp else client.create_experiment(
             target.ref, tags={"paper": target.paper, "table": target.name})
+        # MLflow 3's UI opens an experiment without a kind in its GenAI view; this is a training study
+        client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         for label, run in _entries(target):
             cfg_hash, mlflow_params, values = _run_payload(params, run)
             row = label.replace("'", "")

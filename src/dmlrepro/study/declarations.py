@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import DmlReproError
-from .runs import Run, resolve_run
+from .runs import Run, default_config, resolve_run
 
 PROTOCOLS = {
     "honest": "epoch selected on the class-disjoint validation split",
@@ -58,24 +58,30 @@ class Row:
 
 
 @dataclass
-class Table:
+class _Target:
+    """What a table and a figure have in common: where they are declared and their seeds."""
+
     paper: str
     name: str
     decl: dict
     seeds: list[int]
-    rows: list[Row]
 
     @property
     def ref(self) -> str:
         return f"{self.paper}/{self.name}"
 
     @property
-    def protocols(self) -> list[str]:
-        return self.decl.get("protocols", ["honest"])
-
-    @property
     def caption(self) -> str:
         return " ".join(self.decl.get("caption", self.ref).split())
+
+
+@dataclass
+class Table(_Target):
+    rows: list[Row]
+
+    @property
+    def protocols(self) -> list[str]:
+        return self.decl.get("protocols", ["honest"])
 
     def runs(self) -> list[Run]:
         return _unique(r for row in self.rows for runs in row.runs.values() for r in runs)
@@ -89,20 +95,8 @@ class SweepPoint:
 
 
 @dataclass
-class Sweep:
-    paper: str
-    name: str
-    decl: dict
-    seeds: list[int]
+class Sweep(_Target):
     points: list[SweepPoint]
-
-    @property
-    def ref(self) -> str:
-        return f"{self.paper}/{self.name}"
-
-    @property
-    def caption(self) -> str:
-        return " ".join(self.decl.get("caption", self.ref).split())
 
     def runs(self) -> list[Run]:
         return _unique(r for p in self.points for r in p.runs)
@@ -295,12 +289,10 @@ def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str,
              extra: list | None = None) -> list[Run]:
     params = study.params
     method = entry["method"]
-    if dataset not in params["datasets"]:
-        raise DmlReproError(f"{where}: dataset {dataset!r} is not defined in params.yaml "
-                            f"(datasets: {', '.join(params['datasets'])})")
-    if method not in params["methods"]:
-        raise DmlReproError(f"{where}: method {method!r} is not defined in params.yaml "
-                            f"(methods: {', '.join(params['methods'])})")
+    try:
+        default_config(params, dataset, method)  # the dataset and the method are defined
+    except DmlReproError as exc:
+        raise DmlReproError(f"{where}: {exc}") from None
     layers = _layers(decl, paper, entry, where) + (extra or [])
     runs = []
     for seed in seeds:
