@@ -76,7 +76,67 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> None:
 
 
 def _cross_reference_problems(params: dict) -> list[str]:
-    return [f"train.{p}" for p in _train_problems(params["train"])]
+    problems = [f"train.{p}" for p in _train_problems(params["train"])]
+    problems += _selection_problems(params["train"], params["evaluation"])
+    problems += _method_build_problems(params)
+    problems += _class_size_problems(params)
+    return problems
+
+
+def _selection_problems(train: dict, evaluation: dict) -> list[str]:
+    metric, ks = train.get("selection_metric", "recall@1"), evaluation["ks"]
+    k = metric.partition("@")[2]
+    if metric.startswith("recall@") and int(k) not in ks:
+        return [f"train.selection_metric: {metric} cannot be computed: evaluation.ks {ks} has no {k}; "
+                f"add {k} to evaluation.ks or choose recall@{ks[0]}, map@r or r_precision"]
+    return []
+
+
+def _method_build_problems(params: dict) -> list[str]:
+    """Build every configured criterion and miner now, so an unknown argument fails here and not
+    minutes into a training job."""
+    from .methods import build_criterion
+
+    problems = []
+    for name, method in params["methods"].items():
+        if method.get("loss") == "none":
+            continue
+        try:
+            build_criterion(method, num_classes=2, embedding_dim=params["train"]["embedding_dim"], name=name)
+        except DmlReproError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _class_size_problems(params: dict) -> list[str]:
+    """m_per_class above the smallest training class of a prepared dataset (checked when its manifest
+    exists; the sampler refuses it at train time otherwise)."""
+    m = params["train"]["m_per_class"]
+    if params["train"].get("sample_with_replacement", False):
+        return []
+    problems = []
+    for name in params["datasets"]:
+        counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv")
+        if counts and min(counts.values()) < m:
+            smallest = min(counts, key=counts.get)
+            problems.append(
+                f"train.m_per_class: {m} is larger than the smallest training class of dataset {name!r} "
+                f"(class {smallest!r} has {counts[smallest]} images); lower it to at most {counts[smallest]} or "
+                "set train.sample_with_replacement: true")
+    return problems
+
+
+def _train_class_sizes(manifest: Path) -> dict[str, int]:
+    import csv
+
+    if not manifest.is_file():
+        return {}
+    counts: dict[str, int] = {}
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("split") == "train":
+                counts[row["class_name"]] = counts.get(row["class_name"], 0) + 1
+    return counts
 
 
 def _train_problems(train: dict) -> list[str]:

@@ -124,3 +124,35 @@ def test_artefact_paths(params):
     assert (str(md), str(csv), str(html)) == ("results/tables/p/t.md", "results/tables/p/t.csv", "results/tables/p/t.html")
     png, csv = figure_paths(params, "p", "s")
     assert (str(png), str(csv)) == ("results/figures/p/s.png", "results/figures/p/s.csv")
+
+
+def test_a_typo_in_loss_args_of_any_method_fails_validation(params):
+    params["methods"]["unused"] = {"loss": "triplet", "loss_args": {"marign": 0.1}}  # in no table
+    msg = _error(params)
+    assert "'marign'" in msg and "methods.unused.loss_args" in msg and "margin" in msg
+
+
+def test_a_typo_in_miner_args_fails_validation(params):
+    params["methods"]["triplet"]["miner_args"] = {"type_of_triplets": "semi-hard"}
+    assert "methods.triplet.miner_args.type_of_triplets = 'semi-hard' is not one of" in _error(params)
+
+
+def test_selection_metric_must_be_computable_from_ks(params):
+    params["train"]["selection_metric"] = "recall@16"
+    msg = _error(params)
+    assert "recall@16" in msg and "evaluation.ks [1, 2, 4, 8] has no 16" in msg
+    params["train"]["selection_metric"] = "recall@8"
+    validate_params(params)
+
+
+def test_m_per_class_above_the_smallest_prepared_class(params, tmp_path):
+    params["paths"]["data"] = str(tmp_path)
+    (tmp_path / "glyphs").mkdir()
+    rows = ["path,label,class_name,split"] + [f"a{i}.png,0,A,train" for i in range(5)] + \
+        [f"b{i}.png,1,B,train" for i in range(3)] + ["c.png,2,C,test"]
+    (tmp_path / "glyphs" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    msg = _error(params)  # m_per_class 4, class B has 3 training images
+    assert "train.m_per_class: 4 is larger than the smallest training class of dataset 'glyphs'" in msg
+    assert "class 'B' has 3 images" in msg and "sample_with_replacement" in msg
+    params["train"]["sample_with_replacement"] = True
+    validate_params(params)

@@ -104,8 +104,8 @@ def ref_proxy_anchor(x, y, proxies, alpha, margin):
     return pos_term + neg_term
 
 
-def ref_npair(z, y, l2_reg, normalize):
-    f = F.normalize(z, dim=1) if normalize else z
+def ref_npair(z, y, l2_reg, normalize, temperature=1.0):
+    f = (F.normalize(z, dim=1) if normalize else z) / math.sqrt(temperature)
     y = y.tolist()
     anchors, positives = [], []
     for c in sorted(set(y)):
@@ -199,26 +199,32 @@ def test_proxy_anchor_hand_computed_single_point():
 
 
 @pytest.mark.parametrize("l2_reg", [0.0, 0.002, 0.5])
-@pytest.mark.parametrize("normalize", [False, True])
-def test_npair_matches_formula(l2_reg, normalize):
+@pytest.mark.parametrize("normalize,temperature", [(False, 1.0), (True, 1.0), (True, 0.1)])
+def test_npair_matches_formula(l2_reg, normalize, temperature):
     z = torch.tensor(
         [[1.0, 0.5, -0.2], [0.3, 2.0, 0.1], [0.9, 0.2, 0.0], [0.1, 1.5, 0.4], [-1.0, 0.2, 1.2], [0.0, 0.0, 0.8], [-0.7, 0.1, 1.0]],
         dtype=DT,
     )
     y = torch.tensor([0, 1, 0, 1, 2, 3, 2])  # class 3 has a single image: not in the N-pair term
     crit = build_criterion(
-        {"loss": "npair", "loss_args": {"l2_reg": l2_reg, "normalize_embeddings": normalize}}, 4, 3
+        {"loss": "npair", "loss_args": {"l2_reg": l2_reg, "normalize_embeddings": normalize,
+                                        "temperature": temperature}}, 4, 3
     )
-    assert float(crit(z, y)) == pytest.approx(ref_npair(z, y, l2_reg, normalize), rel=1e-9)
+    assert float(crit(z, y)) == pytest.approx(ref_npair(z, y, l2_reg, normalize, temperature), rel=1e-9)
 
 
-def test_npair_default_uses_raw_dot_product():
-    """PML's NPairsLoss normalises by default; ours follows Sohn (raw z) unless asked."""
-    z = torch.tensor([[3.0, 0.0], [0.0, 2.0], [2.5, 0.5], [0.2, 3.0]], dtype=DT)
+def test_npair_default_is_cosine_over_temperature_and_stays_out_of_saturation():
+    """The default feeds cosines / 0.1 to the softmax, so the loss is bounded by the number of
+    pairs however large ||z|| grows; Sohn's raw form saturates on large-norm embeddings."""
+    z = torch.tensor([[30.0, 0.0], [0.0, 20.0], [25.0, 5.0], [2.0, 30.0]], dtype=DT)
     y = torch.tensor([0, 1, 0, 1])
     default = float(build_criterion({"loss": "npair"}, 2, 2)(z, y))
-    assert default == pytest.approx(ref_npair(z, y, 0.002, normalize=False), rel=1e-9)
-    assert default != pytest.approx(ref_npair(z, y, 0.002, normalize=True), rel=1e-3)
+    assert default == pytest.approx(ref_npair(z, y, 0.0, normalize=True, temperature=0.1), rel=1e-9)
+    # two pairs: cross-entropy of logits in [-10, 10] is at most log(2) + 20
+    assert 0 <= default <= math.log(2) + 20
+    raw = float(build_criterion({"loss": "npair", "loss_args": {"normalize_embeddings": False, "temperature": 1.0}},
+                                2, 2)(z, torch.tensor([0, 1, 1, 0])))
+    assert raw > 100  # the raw dot products of a badly placed pair are in the hundreds
 
 
 def test_triplet_with_ref_embeddings_extension_point():
@@ -423,7 +429,7 @@ def test_registry_names_and_formulas():
 def test_defaults_are_the_documented_ones():
     assert allowed_args("loss", "contrastive") == {"pos_margin": 0.0, "neg_margin": 1.0}
     assert allowed_args("loss", "triplet") == {"margin": 0.2, "swap": False, "smooth_loss": False}
-    assert allowed_args("loss", "npair") == {"l2_reg": 0.002, "normalize_embeddings": False}
+    assert allowed_args("loss", "npair") == {"l2_reg": 0.0, "normalize_embeddings": True, "temperature": 0.1}
     assert allowed_args("loss", "multi_similarity") == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
     assert allowed_args("loss", "proxy_anchor") == {"margin": 0.1, "alpha": 32.0}
     assert allowed_args("miner", "triplet_margin") == {"margin": 0.2, "type_of_triplets": "semihard"}

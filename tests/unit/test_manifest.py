@@ -152,3 +152,23 @@ def test_query_gallery_splits_are_accepted(tmp_path):
     assert m.indices("gallery").tolist() == [1]
     with pytest.raises(ValueError, match="unknown split"):
         m.indices("dev")
+
+
+@pytest.mark.parametrize("first,second,groups", [("train", "test", "train and the evaluation"),
+                                                 ("val", "train", "val and the train"),
+                                                 ("val", "query", "val and the evaluation")])
+def test_a_class_in_two_protocol_splits_is_refused(tmp_path, first, second, groups):
+    rows = [{"path": "a.png", "label": 0, "class_name": "A", "split": first},
+            {"path": "b.png", "label": 0, "class_name": "A", "split": second},
+            {"path": "c.png", "label": 1, "class_name": "C", "split": "train"}]
+    write_manifest(tmp_path / "manifest.csv", rows)
+    with pytest.raises(DmlReproError, match=f"class 'A' \\(label 0\\) appears in both the {groups} splits"):
+        read_manifest(tmp_path)
+
+
+def test_query_and_gallery_share_classes(tmp_path):
+    rows = [{"path": "q.png", "label": 0, "class_name": "A", "split": "query"},
+            {"path": "g.png", "label": 0, "class_name": "A", "split": "gallery"},
+            {"path": "t.png", "label": 1, "class_name": "B", "split": "train"}]
+    write_manifest(tmp_path / "manifest.csv", rows)
+    assert read_manifest(tmp_path).split_names() == ["train", "query", "gallery"]

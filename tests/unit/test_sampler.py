@@ -76,9 +76,19 @@ def test_resume_replays_batches_regardless_of_global_rng():
     assert list(fresh) == x
 
 
+def test_class_smaller_than_m_is_refused_unless_replacement_is_asked_for():
+    labels = _labels([5, 2, 3])
+    with pytest.raises(DmlReproError) as info:
+        MPerClassBatchSampler(labels, m_per_class=4, batch_size=12, iterations=5, seed=0)
+    msg = str(info.value)
+    assert "train.m_per_class 4" in msg and "has 2 images" in msg and "2 classes have fewer" in msg
+    assert "train.sample_with_replacement: true" in msg
+    MPerClassBatchSampler(labels, m_per_class=2, batch_size=6, iterations=5, seed=0)  # m = smallest: fine
+
+
 def test_small_classes_sampled_with_replacement():
     labels = _labels([1, 2, 3])
-    s = MPerClassBatchSampler(labels, m_per_class=4, batch_size=12, iterations=5, seed=0)
+    s = MPerClassBatchSampler(labels, m_per_class=4, batch_size=12, iterations=5, seed=0, replace=True)
     for batch in s:
         by_class = {labels[c[0]]: c for c in _chunks(batch, 4)}
         assert by_class[0] == [0, 0, 0, 0]  # single-image class: m copies

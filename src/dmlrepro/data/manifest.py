@@ -32,6 +32,10 @@ from ..errors import DmlReproError
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = ("path", "label", "class_name", "split")
 SPLITS = ("train", "val", "test", "query", "gallery")
+#: Splits whose classes must not meet: training, validation (selection) and evaluation. Query and
+#: gallery share their classes by design (In-Shop), so they form one group with test.
+CLASS_DISJOINT_GROUPS = {"train": "train", "val": "val", "test": "evaluation", "query": "evaluation",
+                         "gallery": "evaluation"}
 
 
 def resolve_image_path(dataset_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -131,6 +135,21 @@ def _fix_hint(dataset: str) -> str:
     return f"run `dmlrepro prepare --dataset {dataset}` to (re)build it"
 
 
+def _check_class_disjoint(file, labels, names, splits, dataset) -> None:
+    """Zero-shot protocol: a class belongs to one of train, val and the evaluation sets. A class in
+    two of them would let selection or training see test classes, so the manifest is refused."""
+    group_of: dict[int, str] = {}
+    for label, name, split in zip(labels, names, splits):
+        group = CLASS_DISJOINT_GROUPS[split]
+        first = group_of.setdefault(label, group)
+        if first != group:
+            raise DmlReproError(
+                f"{file}: class {name!r} (label {label}) appears in both the {first} and the {group} "
+                f"splits; train, val and the evaluation splits must have disjoint classes; "
+                f"{_fix_hint(dataset)}"
+            )
+
+
 def read_manifest(
     path: str | os.PathLike, dataset: str | None = None, check_files: bool = False
 ) -> Manifest:
@@ -207,6 +226,7 @@ def read_manifest(
             f"{file}: labels must be 0..C-1 with every class present, but {len(absent)} label(s) "
             f"are missing (first: {absent[:5]}); {_fix_hint(name)}"
         )
+    _check_class_disjoint(file, labels, names, splits, name)
     manifest = Manifest(
         file=file,
         paths=paths,

@@ -11,9 +11,9 @@ Conventions shared by all entries
 * ``z`` is the head's output *before* L2 normalisation (``EmbeddingHead.forward(x, normalize=False)``)
   and ``x = z / ||z||``. Every loss below except ``npair`` normalises internally (PML's default
   ``LpDistance`` / ``CosineSimilarity`` have ``normalize_embeddings=True``), so feeding it ``x``
-  instead of ``z`` gives the same value and gradient. ``npair`` follows Sohn (2016) and uses the raw
-  dot product ``z_i . z_j`` plus an L2 penalty on ``||z||``: feed it raw ``z`` (or set
-  ``normalize_embeddings: true`` in its ``loss_args`` to get the cosine form).
+  instead of ``z`` gives the same value and gradient; ``npair`` too by default (cosine / temperature),
+  and its Sohn (2016) form (``normalize_embeddings: false``) uses the raw dot product ``z_i . z_j``
+  plus an L2 penalty on ``||z||``: the trainer always feeds raw ``z``.
 * ``d(i, j) = ||x_i - x_j||_2`` (Euclidean distance on the unit sphere), ``s(i, j) = x_i . x_j``.
 * Reductions are PML's: "mean over non-zero terms" (``AvgNonZeroReducer``) for contrastive and
   triplet, mean over anchors for MS and N-pair, per-proxy means for Proxy-Anchor.
@@ -219,29 +219,47 @@ def triplet(args, num_classes, embedding_dim):
     return pml_losses.TripletMarginLoss(**args)
 
 
+class ScaledDotProductSimilarity(pml_distances.DotProductSimilarity):
+    """Dot-product similarity divided by a temperature: cosine / T when normalising, so the
+    softmax of N-pair sees logits in [-1/T, 1/T] instead of raw dot products in the hundreds."""
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def compute_mat(self, query_emb, ref_emb):
+        return super().compute_mat(query_emb, ref_emb) / self.temperature
+
+
 @LOSSES.register("npair")
 @_entry(
     "loss_args",
     pml_losses.NPairsLoss,
-    extras={"l2_reg": 0.002, "normalize_embeddings": False},
+    extras={"normalize_embeddings": True, "temperature": 0.1, "l2_reg": 0.0},
     supports_ref=False,
 )
 def npair(args, num_classes, embedding_dim):
-    """N-pair (Sohn 2016): mean_i CE(softmax_j(f_i . f_j+), i) + (l2_reg / 2) * mean_batch ||z||^2, one (f_i, f_i+) per class.
+    """N-pair (Sohn 2016): mean_i CE(softmax_j(f_i . f_j+ / T), i) + (l2_reg / 2) * mean_batch ||z||^2, one (f_i, f_i+) per class.
 
-    f = raw z (dot-product logits) unless ``normalize_embeddings`` (then f = x, cosine logits, which
-    is what PML's NPairsLoss does by default). l2_reg 0.002 is the value of the reference
-    implementations (TensorFlow ``npairs_loss`` reg_lambda, Paddle ``npair_loss`` l2_reg), whose
-    penalty 0.25 * l2_reg * (mean ||f_a||^2 + mean ||f_p||^2) equals (l2_reg / 2) * mean ||z||^2 when
-    every embedding is in a pair; here the mean runs over the whole batch. PML picks, per class,
+    Default: f = x (unit embeddings), temperature T = 0.1 (logits are cosines / T), no L2 penalty.
+    On features of norm ~28 the raw form's logits reach the hundreds and its softmax saturates
+    (loss ~231 at the first epoch on glyphs), so the cosine form with a temperature is the fair
+    default. Sohn's form, raw dot products of z plus an L2 penalty, is
+    ``{normalize_embeddings: false, temperature: 1.0, l2_reg: 0.002}``: l2_reg 0.002 is the value of
+    the reference implementations (TensorFlow ``npairs_loss`` reg_lambda, Paddle ``npair_loss``
+    l2_reg), whose penalty 0.25 * l2_reg * (mean ||f_a||^2 + mean ||f_p||^2) equals
+    (l2_reg / 2) * mean ||z||^2 when every embedding is in a pair; here the mean runs over the whole
+    batch. The trainer logs the mean ||z|| per epoch (``embedding_norm``). PML picks, per class,
     the first two batch positions of that class as (anchor, positive); other images of the class
     are unused by the N-pair term (they still get the L2 penalty). Classes with one image in the
     batch take no part; a batch with no pair gives a zero (but differentiable) loss.
     """
-    distance = pml_distances.DotProductSimilarity(normalize_embeddings=bool(args["normalize_embeddings"]))
-    l2_reg = float(args["l2_reg"])
+    temperature, l2_reg = float(args["temperature"]), float(args["l2_reg"])
+    if temperature <= 0:
+        raise DmlReproError(f"npair loss_args.temperature must be > 0, got {temperature}")
     if l2_reg < 0:
         raise DmlReproError(f"npair loss_args.l2_reg must be >= 0, got {l2_reg}")
+    distance = ScaledDotProductSimilarity(temperature, normalize_embeddings=bool(args["normalize_embeddings"]))
     if l2_reg > 0:
         return pml_losses.NPairsLoss(
             distance=distance,

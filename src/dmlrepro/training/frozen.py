@@ -5,8 +5,14 @@ split carved from the training classes); the last epoch is kept too. With `test_
 test split is scored every epoch as well and the best-on-test weights are kept, so the papers'
 protocol (best epoch chosen on test, as the authors' code reports) can be shown beside the honest
 one; test scores never influence the validation-selected model. A checkpoint is written
-after every epoch, outside the declared outputs, so a killed run resumes where it stopped and,
-because every random draw is a function of (seed, epoch), ends with the same metrics.
+after every epoch, outside the declared outputs, so a killed run resumes where it stopped and
+ends with the same metrics: every random draw of epoch k is a function of (seed, k). The batches
+and view choices use their own generators keyed on (seed, k), and the global torch, numpy and
+python generators, which losses that sample (IAA's Gaussians, SGAR's directions) draw from, are
+re-seeded from (seed, k) at the start of every epoch.
+
+A loss that becomes NaN or infinite stops the run at once (epoch, step and the last finite loss in
+the message) and no model is written.
 """
 from __future__ import annotations
 
@@ -36,6 +42,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Re-seed the global generators from (seed, epoch), so a resumed epoch draws what it drew before."""
+    seed_everything(int(np.random.SeedSequence([seed, epoch, 2]).generate_state(1)[0]))
+
+
+class Diverged(DmlReproError):
+    """The loss became NaN or infinite."""
 
 
 def set_threads(n: int) -> None:
@@ -121,7 +136,8 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         optimizer, milestones=tcfg.get("lr_milestones", []), gamma=tcfg.get("lr_gamma", 0.1)
     )
     sampler = MPerClassBatchSampler(
-        train_targets, tcfg["m_per_class"], tcfg["batch_size"], tcfg["iterations_per_epoch"], seed
+        train_targets, tcfg["m_per_class"], tcfg["batch_size"], tcfg["iterations_per_epoch"], seed,
+        replace=tcfg.get("sample_with_replacement", False),
     )
     selection = tcfg.get("selection_metric", "recall@1")
 
@@ -143,26 +159,35 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
 
     n_views = train_x.shape[0]
     targets = torch.from_numpy(train_targets).long()
+    last_finite = history["epochs"][-1]["loss"] if history["epochs"] else None
     for epoch in range(start, tcfg["epochs"] + 1):
         t0 = time.time()
         head.train()
         sampler.set_epoch(epoch)
+        seed_epoch(seed, epoch)
         view_rng = np.random.default_rng([seed, epoch, 1])  # which augmented view each sample uses
-        losses = []
-        for batch in sampler:
+        losses, norms = [], []
+        for step, batch in enumerate(sampler, start=1):
             idx = np.asarray(batch)
             views = view_rng.integers(0, n_views, size=len(idx))
             x = torch.from_numpy(train_x[views, idx].astype(np.float32)).to(device)
-            # raw z: losses that need the unit sphere normalise inside; N-pair uses the raw dot product
-            loss = criterion(head(x, normalize=False), targets[idx].to(device))
+            z = head(x, normalize=False)  # raw z: losses normalise inside where their formula says so
+            try:
+                loss = criterion(z, targets[idx].to(device))
+            except FloatingPointError as exc:
+                raise _diverged(run, epoch, step, last_finite, str(exc)) from None
+            if not torch.isfinite(loss):
+                raise _diverged(run, epoch, step, last_finite, f"the loss is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            last_finite = loss.item()
+            losses.append(last_finite)
+            norms.append(z.detach().norm(dim=1).mean().item())
         scheduler.step()
         scored = scores(head)
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                 **scored, "seconds": round(time.time() - t0, 3)}
+                 "embedding_norm": round(float(np.mean(norms)), 4), **scored, "seconds": round(time.time() - t0, 3)}
         history["epochs"].append(entry)
         if scored["val"][selection] > best["score"]:
             best = {"epoch": epoch, "score": scored["val"][selection], "state": copy.deepcopy(head.state_dict())}
@@ -189,6 +214,14 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
     summary = _finish(out_dir, model, history, cfg, cfg_hash)
     ckpt_path.unlink(missing_ok=True)  # the run is complete; its resume state is no longer needed
     return summary
+
+
+def _diverged(run: Run, epoch: int, step: int, last_finite, why: str) -> Diverged:
+    last = "no finite loss yet" if last_finite is None else f"last finite loss {last_finite:.6g}"
+    return Diverged(
+        f"training of {run.id} diverged at epoch {epoch}, step {step}: {why} ({last}); no model was written. "
+        "Lower train.lr (or the loss's loss_lr_multiplier), or check the loss_args"
+    )
 
 
 def _finish(out_dir: Path, model: dict, history: dict, cfg: dict, cfg_hash: str) -> dict:

@@ -26,9 +26,10 @@ class MPerClassBatchSampler(torch.utils.data.Sampler):
     * Classes are taken from a stream of random permutations of all classes, so over an epoch every
       class is drawn equally often (up to one): a batch that straddles two permutations never
       repeats a class (the classes it already holds are moved to the back of the new permutation).
-    * Within a class, m distinct indices are drawn without replacement; a class with fewer than m
-      indices contributes all of them (shuffled) and fills the rest by drawing with replacement
-      from its own indices, so single-image classes give m copies of their image.
+    * Within a class, m distinct indices are drawn without replacement. A class with fewer than m
+      indices is an error (it would silently repeat images) unless ``replace=True``
+      (``train.sample_with_replacement``): then it contributes all of them (shuffled) and fills the
+      rest by drawing with replacement from its own indices.
 
     Use as ``DataLoader(ds, batch_sampler=sampler)`` and call ``set_epoch(epoch)`` before each epoch.
     """
@@ -40,6 +41,7 @@ class MPerClassBatchSampler(torch.utils.data.Sampler):
         batch_size: int,
         iterations: int,
         seed: int = 0,
+        replace: bool = False,
     ):
         labels = labels.cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
@@ -68,6 +70,14 @@ class MPerClassBatchSampler(torch.utils.data.Sampler):
         counts = np.bincount(inverse, minlength=len(self.classes))
         #: indices of each class (position k holds the indices whose label is self.classes[k])
         self.class_indices: List[np.ndarray] = np.split(order, np.cumsum(counts)[:-1])
+        if not replace and counts.min() < m_per_class:
+            small = int(np.argmin(counts))
+            raise DmlReproError(
+                f"train.m_per_class {m_per_class} is larger than the smallest training class "
+                f"({self.classes[small]!r} has {counts[small]} images; {int((counts < m_per_class).sum())} "
+                f"classes have fewer than {m_per_class}); lower m_per_class to at most {counts.min()}, or set "
+                "train.sample_with_replacement: true to repeat images of small classes"
+            )
         self.m_per_class = int(m_per_class)
         self.batch_size = int(batch_size)
         self.iterations = int(iterations)
