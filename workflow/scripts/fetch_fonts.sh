@@ -48,7 +48,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     tmp=$(mktemp -d "$DEB_DIR/.download.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
     if ! (cd "$tmp" && apt-get download "${missing[@]}"); then
-        die "apt-get download failed (see above). If apt says 'Unable to locate package', refresh the package lists: sudo apt-get update, then rerun 'make fonts'. Or install the fonts system-wide: sudo apt-get install ${PKGS} (they are then found in /usr/share/fonts)"
+        die "apt-get download failed (see above). If apt says 'Unable to locate package', refresh the package lists: sudo apt-get update, then rerun 'make fonts'. Or install the fonts system-wide (sudo apt-get install ${PKGS}) and set datasets.glyphs.font_dirs in params.yaml to [/usr/share/fonts] (every other font there then takes part too)"
     fi
     mv "$tmp"/*.deb "$DEB_DIR"/   # only complete downloads reach the cache
 fi

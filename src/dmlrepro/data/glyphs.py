@@ -21,17 +21,54 @@ Pipeline of :func:`prepare_glyphs` (every step deterministic):
    remaining face draws are rendered by every face at 64 px. Faces that FreeType cannot render
    (broken hinting bytecode), that draw nothing for a probe, or draw a probe identical to their
    ``.notdef`` box are left out.
-4. **Near-duplicate designs**: for each pair of faces, the Pearson correlation of each probe's two
-   renderings; the pair's similarity is the **median** over probes (robust to the few regional
-   glyph variants that tell Noto JP from Noto SC while the design is the same). Faces are visited
-   in order of preference -- weight closest to Regular (OS/2 usWeightClass 400) first, then
-   discovery order -- and a face is kept unless it is more similar than ``duplicate_threshold``
-   to a face already kept. Weights far from each other (Thin vs Black) stay separate designs,
-   adjacent weights and derived families (IPA/Takao, Migu/M+, U-Kai/B-Kai) merge.
-5. **Classes**: the characters every kept design draws, in code point order (first
+4. **One design per family** (metadata): a face's *family key* is its family name -- the WWS
+   family (name ID 21) if the font has one, else the typographic family (name ID 16), else the
+   legacy family (name ID 1) -- normalised by :func:`family_key`: NFKC, case-folded, ``+`` read as
+   ``plus`` (``M+ 1p`` = ``M PLUS 1p``), punctuation dropped, and trailing weight, width and slope
+   words removed (``Regular Book Medium Bold Light Thin Black Heavy W3 ExtraLight Semi Bold
+   Condensed Italic`` ...; also glued on, as in ``UnBatangBold``). A slanted face (OS/2 fsSelection
+   ITALIC/OBLIQUE, head macStyle italic, or a slope word in its names) gets `` italic`` appended:
+   an italic is drawn with its own letterforms (no CJK face here is slanted). Everything else in
+   the name stays in the key: spacing and sub-family letters (``M+ 1p/1c/1m``, ``Mono``,
+   ``Code``, ``P`` in ``IPAPGothic``), region and encoding editions (``Noto Sans CJK JP/KR``,
+   ``KaitiM Big5/GB``) are separate families by metadata and are merged only by the render tests
+   below, i.e. only where their requested characters render (nearly) the same -- for ideographs
+   they do, for Latin letters ``M+ 1p`` and ``M+ 1c`` do not. Faces with the same key are one
+   design: the face with the weight closest to Regular (OS/2 usWeightClass 400), then the first
+   discovered, stands for the family; the others are left out ("same family as ..."). Faces
+   without a family name are families of their own.
+5. **One design per rendering** (probes), over the faces that stand for their families, visited in
+   the same order of preference; a face is kept unless it matches a face already kept:
+
+   * *near-duplicate*: the **median** over probes of the Pearson correlation of the two faces'
+     renderings of a probe (robust to the few regional glyph variants that tell Noto JP from Noto
+     SC) is above ``duplicate_threshold``. Derived families merge here (IPA/Monapo,
+     Migu/MigMix/VL Gothic/M+, U-Kai/KaitiM Big5, LXGW WenKai/Klee One).
+   * *twin*: the median correlation is above :data:`TWIN_MIN_CORRELATION` (0.80) and at least
+     :data:`TWIN_MIN_IDENTICAL` (0.5 %, and at least 2) of the characters every candidate draws
+     (at most :data:`TWIN_SAMPLE`, spread evenly by code point), rendered like the probes, are
+     **byte-identical**: the two fonts share glyph data. Only the faces of pairs the selection
+     compares in that band are rendered (8 faces of the default set, about 8 s).
+
+   Evidence (the fonts of :data:`GLYPH_FONT_PACKAGES`, ``duplicate_threshold`` 0.88, 64 probes):
+   after the family rule, the 29 designs kept by the near-duplicate test have pairwise median
+   correlations of median 0.46, 99th percentile 0.83, and highest AR PL KaitiM Big5 / GB 0.872,
+   AR PL Mingti2L Big5 / SungtiL GB 0.851 and IPAGothic / BIZ UDGothic 0.848. The first two pairs
+   look like one design each, the third are two designs (Typebank's IPA Gothic, Morisawa's UD
+   Gothic), 0.003 below the second: no correlation threshold separates twins from designs.
+   Rendered over all 1,898 common ideographs, no two of these 29 designs share a single
+   byte-identical rendering except KaitiM Big5 / GB (50, 2.6 %, against the 10 needed; a
+   512-character sample would have held only 8), while faces merged as near-duplicates share many
+   (Noto Sans CJK JP/TC 573, Noto Serif CJK JP/TC 657, KaitiM Big5/UKai 396). So KaitiM GB is a
+   twin of KaitiM Big5. Mingti2L Big5 and SungtiL GB share no outline and no rendering and stay
+   two designs: a known limit (merging them by correlation would merge IPA and BIZ UD Gothic).
+   Result: 146 candidate faces in 92 families -> 28 designs (the near-duplicate test alone kept
+   38: M PLUS 1 at five weights, the Bold of Noto Sans/Serif CJK, UnBatang, UnDotum and LXGW
+   WenKai, and both KaitiM).
+6. **Classes**: the characters every kept design draws, in code point order (first
    ``max_classes`` only, if set). Zero-shot split from :mod:`.splits`: first half train pool
    (``val_fraction`` of it carved out as class-disjoint ``val``), second half ``test``.
-6. **Render** every (design, class): FreeType via Pillow (basic layout, no shaping), glyph drawn
+7. **Render** every (design, class): FreeType via Pillow (basic layout, no shaping), glyph drawn
    at 2x image_size, cropped to its ink bounding box, scaled (LANCZOS; NEAREST for bitmap-only
    fonts, drawn at their largest strike) so its larger side is ``fill`` x image_size, centred on
    a white square, black ink, 8-bit grayscale PNG. A glyph that renders blank or as ``.notdef`` in
@@ -42,6 +79,13 @@ Output (written atomically: a killed run leaves no ``out_dir``)::
     out_dir/manifest.csv                    path,label,class_name,split  (see .manifest)
     out_dir/images/<design_id>/<hex>.png    e.g. images/notosanscjk-regular-0/4e00.png
     out_dir/info.json                       fonts (kept or why not), designs, counts, settings
+
+info.json records every face (:meth:`Face.record`): its family name and ``family_key``,
+``status`` (kept | excluded), ``reason`` and, for a face merged into a kept design,
+``same_design_as`` (that design's id). ``counts`` holds ``families`` (distinct keys among the
+candidate faces), ``designs_before_family_rule`` (what the near-duplicate test alone keeps of all
+candidate faces: the rule before steps 4 and the twin test), ``designs`` and ``faces_merged`` (by
+rule: ``same_family``, ``near_duplicate``, ``twin``); ``twin_test`` the size of its sample.
 """
 from __future__ import annotations
 
@@ -53,9 +97,10 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -66,8 +111,8 @@ from . import DATASETS
 from .manifest import MANIFEST_NAME, write_manifest
 from .splits import split_classes
 
-# The Debian packages of the default glyph benchmark (about 38 designs over about 1,900
-# ideographs). workflow/scripts/fetch_fonts.sh reads this list: keep it the one source of truth.
+# The Debian packages of the default glyph benchmark (28 designs over about 1,900 ideographs).
+# workflow/scripts/fetch_fonts.sh reads this list: keep it the one source of truth.
 GLYPH_FONT_PACKAGES: tuple[str, ...] = (
     "fonts-noto-cjk",
     "fonts-hanazono",
@@ -106,18 +151,21 @@ CJK_UNIFIED = (0x4E00, 0x9FFF)  # CJK Unified Ideographs block
 PROBE_SIZE = 64                 # px; probes do not depend on image_size
 MAX_SHARED_GLYPH = 8            # a glyph drawn for more requested characters is a placeholder
 _NOTDEF_PROBES = (0x10FFFF, 0xFFFF, 0x10FFFE, 0xFFFE)  # noncharacters: never in a real cmap
+TWIN_MIN_CORRELATION = 0.80     # twins: median probe correlation above this ...
+TWIN_MIN_IDENTICAL = 0.005      # ... and this share (at least 2) of the twin sample byte-identical
+TWIN_SAMPLE = 2048              # at most this many common characters rendered for the twin test
 
 DEFAULTS: dict[str, Any] = {
-    "font_dirs": ["fonts/usr/share/fonts", "/usr/share/fonts"],
+    "font_dirs": ["fonts/usr/share/fonts"],  # `make fonts`; not /usr/share/fonts: same set everywhere
     "fonts": None,               # explicit font files (tests); overrides font_dirs
     "characters": "cjk",         # "cjk", ranges "U+0041-U+005A,U+0391-U+03A9", or literal chars
     "image_size": 112,
     "fill": 0.85,                # larger side of the ink box / image side
     "val_fraction": 0.2,
     "max_classes": None,
-    "min_designs": 30,
+    "min_designs": 25,           # the default font set gives 28
     "min_coverage": 0.1,         # fraction of the requested characters a face must draw
-    "duplicate_threshold": 0.88, # median probe correlation above which two faces are one design
+    "duplicate_threshold": 0.88, # median probe correlation above which two faces are one design (step 5)
     "probe_count": 64,
     "exclude": ["AoyagiKouzanT*"],  # file-name globs; fonts-aoyagi-kouzan-t has gaps
     "seed": 0,                   # seeds the validation class choice
@@ -135,7 +183,8 @@ def tiny_glyphs_config(**overrides) -> dict:
     """A glyphs dataset config that builds in about a second from the DejaVu fonts.
 
     For unit/integration tests (also as ``datasets.<name>`` in a test params.yaml): 67 letters x
-    the DejaVu designs (about 17 at the default duplicate threshold), 32 px images.
+    the DejaVu designs (one per family and slope: Sans, Sans Mono, Serif -- kept as its near-duplicate
+    Math TeX Gyre -- and their obliques/italics; 6 at the default duplicate threshold), 32 px images.
     """
     cfg = {
         "kind": "glyphs",
@@ -226,9 +275,58 @@ def parse_characters(spec: str) -> list[int]:
 # ------------------------------------------------------------------------------ font faces
 
 
+_STYLE_PREFIXES = ("extra", "ultra", "semi", "demi", "super")
+_WEIGHT_WORDS = ("thin", "hairline", "light", "book", "regular", "normal", "medium", "bold", "heavy",
+                 "black", "fat")
+_WIDTH_WORDS = ("condensed", "narrow", "compressed", "expanded", "extended")
+_SLOPE_WORDS = ("italic", "oblique", "slanted", "inclined", "kursiv")
+_STYLE_WORDS = _WEIGHT_WORDS + _WIDTH_WORDS + _SLOPE_WORDS
+# a whole (case-folded) token that names a style: "bold", "extralight", "semibold", "w3"
+_STYLE_TOKEN = re.compile(rf"(?:{'|'.join(_STYLE_PREFIXES)})?(?:{'|'.join(_STYLE_WORDS)})|w\d{{1,2}}")
+# a style word glued to the end of a CamelCase token: "UnBatangBold", "FooExtraLight"
+_GLUED_STYLE = re.compile(
+    rf"(?<=[a-z0-9])(?:{'|'.join(w.capitalize() for w in _STYLE_PREFIXES)})?"
+    rf"(?:{'|'.join(w.capitalize() for w in _STYLE_WORDS)})$")
+
+
+def family_key(name: str, italic: bool = False) -> str:
+    """The normalised family of a family name: faces with the same key are one design (step 4).
+
+    NFKC, ``+`` read as ``plus``, punctuation dropped, case-folded, and trailing weight, width and
+    slope words removed (separate, hyphenated or glued to a CamelCase name; a name is never
+    reduced to nothing); `` italic`` appended for a slanted face or a slope word in the name.
+    ``""`` for an empty name. ``family_key("M+ 1p Bold") == family_key("M PLUS 1p") == "m plus
+    1p"``, ``family_key("UnBatangBold") == "unbatang"``, ``family_key("DejaVu Sans", italic=True)
+    == "dejavu sans italic"``; ``M+ 1c``, ``Noto Sans CJK JP`` and ``Noto Sans CJK KR`` keep keys
+    of their own.
+    """
+    text = unicodedata.normalize("NFKC", name).replace("+", " plus ")
+    tokens = [t for t in re.split(r"[\W_]+", text) if t]
+    while tokens:
+        low = tokens[-1].casefold()
+        if len(tokens) > 1 and _STYLE_TOKEN.fullmatch(low):
+            tokens.pop()
+            italic = italic or any(w in low for w in _SLOPE_WORDS)
+            if len(tokens) > 1 and tokens[-1].casefold() in _STYLE_PREFIXES:  # "Semi Bold", "Extra-Light"
+                tokens.pop()
+            continue
+        m = _GLUED_STYLE.search(tokens[-1])
+        if m is not None:
+            tokens[-1:] = [tokens[-1][: m.start()], tokens[-1][m.start():]]
+            continue
+        break
+    key = " ".join(t.casefold() for t in tokens)
+    return f"{key} italic" if key and italic else key
+
+
 @dataclass
 class Face:
-    """One face of one font file: a candidate design."""
+    """One face of one font file: a candidate design.
+
+    ``family``: WWS, else typographic, else legacy family name (fontTools ``getBestFamilyName``);
+    ``family_key``: :func:`family_key` of it (slope included); ``same_design_as``: for a face left
+    out as the same design as another, the id of the kept design it belongs to.
+    """
 
     file: str
     index: int
@@ -237,6 +335,8 @@ class Face:
     family: str = ""
     style: str = ""
     weight: int = 400
+    italic: bool = False
+    family_key: str = ""
     bitmap_size: int | None = None   # ppem of the strike used for bitmap-only fonts
     coverage: int = 0                # requested characters it draws
     limits_classes: int | None = None  # kept designs: characters all other designs draw but not it
@@ -244,6 +344,7 @@ class Face:
     design_id: str = ""
     status: str = "candidate"        # kept | excluded
     reason: str = ""
+    same_design_as: str | None = None
     covered: list[int] = field(default_factory=list, repr=False)  # code points it draws
 
     def label(self) -> str:
@@ -317,6 +418,13 @@ def _bitmap_strike(tt) -> int | None:
     return None
 
 
+def _is_slanted(tt) -> bool:
+    """OS/2 fsSelection ITALIC (bit 0) or OBLIQUE (bit 9), or head macStyle italic (bit 1)."""
+    if "OS/2" in tt and tt["OS/2"].fsSelection & 0x201:
+        return True
+    return "head" in tt and bool(tt["head"].macStyle & 0x2)
+
+
 def _drawn_codepoints(tt, path: Path, index: int, requested: set[int], bitmap_size: int | None) -> list[int]:
     """Requested code points this face maps to a non-.notdef, inked, non-placeholder glyph."""
     cmap = tt.getBestCmap() or {}
@@ -370,6 +478,8 @@ def read_font_file(path: str | os.PathLike, requested: Sequence[int] | set[int])
                     style=(names.getBestSubFamilyName() or "") if names else "",
                     weight=int(tt["OS/2"].usWeightClass) if "OS/2" in tt else 400,
                 )
+                face.italic = _is_slanted(tt) or any(w in face.style.casefold() for w in _SLOPE_WORDS)
+                face.family_key = family_key(face.family, face.italic)
                 if not _has_outlines(tt):
                     face.bitmap_size = _bitmap_strike(tt)
                     if face.bitmap_size is None:
@@ -534,20 +644,74 @@ def similarity_matrix(probes: np.ndarray) -> np.ndarray:
     return np.median(per_probe, axis=0).astype(np.float64)
 
 
-def select_designs(faces: Sequence[Face], sim: np.ndarray, threshold: float) -> list[tuple[int, int | None]]:
-    """Greedy near-duplicate removal; returns for each face ``(i, None)`` if kept or ``(i, j)``,
-    j the kept face it duplicates. Preference: weight closest to 400, then the given order."""
-    order = sorted(range(len(faces)), key=lambda i: (abs(faces[i].weight - 400), i))
+def _preference(faces: Sequence[Face]) -> list[int]:
+    """Face indices in order of preference: weight closest to 400 (Regular), then the given order."""
+    return sorted(range(len(faces)), key=lambda i: (abs(faces[i].weight - 400), i))
+
+
+def family_representatives(faces: Sequence[Face]) -> list[int | None]:
+    """Step 4: for each face ``None`` if it stands for its family, else the index of the face that
+    does (the preferred face with the same non-empty ``family_key``)."""
+    first: dict[str, int] = {}
+    out: list[int | None] = [None] * len(faces)
+    for i in _preference(faces):
+        key = faces[i].family_key
+        if key:
+            j = first.setdefault(key, i)
+            out[i] = None if j == i else j
+    return out
+
+
+def twin_min_identical(n_sample: int) -> int:
+    """Byte-identical renderings (of ``n_sample``) that, with the correlation, make two faces twins."""
+    return max(2, int(np.ceil(TWIN_MIN_IDENTICAL * n_sample)))
+
+
+def select_designs(faces: Sequence[Face], sim: np.ndarray, threshold: float,
+                   identical: Callable[[int, int], int] | None = None, n_sample: int = 0,
+                   ) -> list[tuple[int, int | None, str]]:
+    """Step 5, greedy: for each face ``(i, None, "")`` if kept, or ``(i, j, rule)``, j the kept face
+    it matches and rule ``"near-duplicate"`` (median probe correlation above ``threshold``) or
+    ``"twin"`` (above :data:`TWIN_MIN_CORRELATION`, and ``identical(i, j)`` -- how many of
+    ``n_sample`` characters the two render byte-identically, asked only for such pairs -- at least
+    :func:`twin_min_identical`). Preference: weight closest to 400, then the given order."""
+    need = twin_min_identical(n_sample)
     kept: list[int] = []
-    result: dict[int, int | None] = {}
-    for i in order:
+    result: dict[int, tuple[int | None, str]] = {}
+    for i in _preference(faces):
         dup = max(kept, key=lambda j: sim[i, j], default=None)
         if dup is not None and sim[i, dup] > threshold:
-            result[i] = dup
+            result[i] = (dup, "near-duplicate")
+            continue
+        same = {} if identical is None else {
+            j: identical(i, j) for j in kept if sim[i, j] > TWIN_MIN_CORRELATION}
+        twins = [j for j, n in same.items() if n >= need]
+        if twins:
+            result[i] = (max(twins, key=lambda j: (same[j], sim[i, j])), "twin")
         else:
             kept.append(i)
-            result[i] = None
-    return [(i, result[i]) for i in range(len(faces))]
+            result[i] = (None, "")
+    return [(i, *result[i]) for i in range(len(faces))]
+
+
+def rendering_digests(face: Face, cps: Sequence[int], fill: float) -> list[bytes | None]:
+    """For the twin test: a digest of each character's rendering as a probe (None: draws nothing)."""
+    out: list[bytes | None] = [None] * len(cps)
+    try:
+        font = open_face(face.file, face.index, face.bitmap_size or 2 * PROBE_SIZE)
+        for k, cp in enumerate(cps):
+            ink = render_ink(font, chr(cp))
+            if ink is not None:
+                img = fit_ink(ink, PROBE_SIZE, fill, nearest=face.bitmap_size is not None)
+                out[k] = hashlib.blake2b(img.tobytes(), digest_size=16).digest()
+    except (OSError, ValueError):  # FreeType errors: no evidence from the rest
+        pass
+    return out
+
+
+def count_identical(a: Sequence[bytes | None], b: Sequence[bytes | None]) -> int:
+    """Characters two faces render byte-identically (digests from :func:`rendering_digests`)."""
+    return sum(1 for x, y in zip(a, b) if x is not None and x == y)
 
 
 # ------------------------------------------------------------------------------- the stage
@@ -578,7 +742,8 @@ def _missing_fonts_error(cfg: dict, searched: list[dict], faces: list[Face], n_d
         "  make fonts        # runs workflow/scripts/fetch_fonts.sh\n"
         "or install them system-wide:\n"
         f"  sudo apt-get install {pkgs}\n"
-        "or point datasets.glyphs.font_dirs in params.yaml at a folder that holds them."
+        "and point datasets.glyphs.font_dirs in params.yaml at /usr/share/fonts (or any folder that\n"
+        "holds them; every other font found there then takes part too)."
     )
 
 
@@ -641,7 +806,7 @@ SETTINGS_SCHEMA = {
 
 
 @DATASETS.register("glyphs", protocol="leave_one_out", splits=["train", "val", "test"],
-                   stand_in_for="CUB-200-2011 / Cars196 (fine-grained, about 38 images per class)",
+                   stand_in_for="CUB-200-2011 / Cars196 (fine-grained, about 28 images per class)",
                    schema=SETTINGS_SCHEMA)
 def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
     """Build the glyphs dataset in ``out_dir`` (see the module doc); returns the info.json dict."""
@@ -708,22 +873,75 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
 
         timings["probe"] = time.time() - t0 - sum(timings.values())
 
-        # 4. near-duplicates ---------------------------------------------------------------
+        # 4-5. one design per family, then per rendering ------------------------------------
         designs: list[Face] = []
+        thr = cfg["duplicate_threshold"]
+        n_families = before = 0
+        merged = {"same_family": 0, "near_duplicate": 0, "twin": 0}
         if ok:
             sim = similarity_matrix(np.stack(arrays))
-            for i, dup in select_designs(ok, sim, cfg["duplicate_threshold"]):
-                if dup is None:
-                    ok[i].status = "kept"
+            # the rule before the family rule existed: the near-duplicate test over all faces
+            before = sum(1 for _, j, _ in select_designs(ok, sim, thr) if j is None)
+            reps = family_representatives(ok)
+            idx = [i for i, r in enumerate(reps) if r is None]
+            n_families = len(idx)
+            sub_sim = sim[np.ix_(idx, idx)]
+            n_s = min(TWIN_SAMPLE, len(common))
+            picks = np.linspace(0, len(common) - 1, n_s).round().astype(int).tolist()
+            sample = [common[i] for i in sorted(set(picks))]
+            digests: dict[int, list] = {}  # rendered on demand: only faces in a twin-band pair
+
+            def identical(a: int, b: int) -> int:
+                for k in (a, b):
+                    if k not in digests:
+                        digests[k] = rendering_digests(ok[idx[k]], sample, cfg["fill"])
+                return count_identical(digests[a], digests[b])
+
+            direct: dict[int, int] = {}
+            for a, b, rule in select_designs([ok[i] for i in idx], sub_sim, thr, identical, len(sample)):
+                f = ok[idx[a]]
+                if b is None:
+                    f.status = "kept"
+                    continue
+                g = ok[idx[b]]
+                f.status = "excluded"
+                direct[idx[a]] = idx[b]
+                merged[rule.replace("-", "_")] += 1
+                if rule == "twin":
+                    f.reason = (f"twin of {g.design_id}: median probe correlation {sub_sim[a, b]:.3f} > "
+                                f"{TWIN_MIN_CORRELATION:.2f} and {identical(a, b)} of {len(sample)} common "
+                                f"characters render byte-identically (>= {twin_min_identical(len(sample))})")
                 else:
-                    ok[i].status = "excluded"
-                    ok[i].reason = (f"near-duplicate of {ok[dup].design_id} (median probe correlation "
-                                    f"{sim[i, dup]:.3f} > duplicate_threshold {cfg['duplicate_threshold']})")
+                    f.reason = (f"near-duplicate of {g.design_id} (median probe correlation "
+                                f"{sub_sim[a, b]:.3f} > duplicate_threshold {thr})")
+            for i, r in enumerate(reps):
+                if r is not None:
+                    f, g = ok[i], ok[r]
+                    f.status = "excluded"
+                    direct[i] = r
+                    merged["same_family"] += 1
+                    f.reason = (f"same family as {g.design_id} (family key '{f.family_key}'; weight {f.weight}, "
+                                f"the face closest to weight 400 stands for the family)")
+            n_same: dict[int, int] = {}
+            for i in direct:
+                j = direct[i]
+                while j in direct:
+                    j = direct[j]
+                ok[i].same_design_as = ok[j].design_id
+                n_same[j] = n_same.get(j, 0) + 1
+            for i, f in enumerate(ok):
+                if f.status == "kept":
+                    f.reason = f"design of family '{f.family_key}'" + (
+                        f"; {n_same[i]} other face(s) are the same design" if i in n_same else "")
             designs = [f for f in ok if f.status == "kept"]
+        timings["select"] = time.time() - t0 - sum(timings.values())
+        twin_test = {"characters": len(sample), "faces_rendered": len(digests),
+                     "min_correlation": TWIN_MIN_CORRELATION, "min_identical": twin_min_identical(len(sample))
+                     } if ok else None
         if len(designs) < max(1, cfg["min_designs"]):
             raise _missing_fonts_error(cfg, searched, faces, len(designs))
 
-        # 5. classes -----------------------------------------------------------------------
+        # 6. classes -----------------------------------------------------------------------
         covered = [set(f.covered) for f in designs]
         all_common = sorted(set.intersection(*covered))
         counts: dict[int, int] = {}
@@ -735,7 +953,7 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
             f.limits_classes = sum(1 for cp, c in counts.items() if c == n - 1 and cp not in s)
         classes = all_common[: cfg["max_classes"]] if cfg["max_classes"] else list(all_common)
 
-        # 6. render (atomically) -------------------------------------------------------------
+        # 7. render (atomically) -------------------------------------------------------------
         with atomic_path(out_dir) as tmp:
             img_root = tmp / "images"
             tasks = []
@@ -775,13 +993,17 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
                 "requested_characters": len(requested),
                 "common_characters": len(all_common),
                 "probe_characters": "".join(chr(cp) for cp in probes),
+                "twin_test": twin_test,
                 "dropped_characters": {f"U+{cp:04X}": why for cp, why in sorted(dropped.items())},
                 "image_size": cfg["image_size"],
                 "designs": [f.design_id for f in designs],
                 "counts": {
                     "font_files": len(files),
                     "faces": len(faces),
+                    "families": n_families,
+                    "designs_before_family_rule": before,
                     "designs": len(designs),
+                    "faces_merged": merged,
                     "faces_excluded": sum(1 for f in faces if f.status == "excluded"),
                     "classes": {**n_cls, "total": len(classes)},
                     "images": {**{s: c * len(designs) for s, c in n_cls.items()}, "total": len(rows)},
@@ -808,11 +1030,14 @@ def _read_font_file_args(args):
 def _report(info: dict, faces: list[Face], designs: list[Face], timings: dict, seconds: float,
             out_dir: Path) -> None:
     c = info["counts"]
-    print(f"glyphs: {c['faces']} font faces in {c['font_files']} files -> {c['designs']} designs "
-          f"({c['faces_excluded']} faces left out)")
+    m = c["faces_merged"]
+    print(f"glyphs: {c['faces']} font faces in {c['font_files']} files -> {c['families']} families -> "
+          f"{c['designs']} designs ({c['faces_excluded']} faces left out; {m['same_family']} as the same "
+          f"family, {m['near_duplicate']} as near-duplicates, {m['twin']} as twins; the near-duplicate test "
+          f"alone would keep {c['designs_before_family_rule']} designs)")
     for f in designs:
-        print(f"  design {f.design_id:28s} {f.family} {f.style} (weight {f.weight}, draws {f.coverage}, "
-              f"alone limits the classes by {f.limits_classes})")
+        print(f"  design {f.design_id:28s} {f.family} {f.style} (key '{f.family_key}', weight {f.weight}, "
+              f"draws {f.coverage}, alone limits the classes by {f.limits_classes})")
     for f in faces:
         if f.status == "excluded":
             print(f"  left out {f.label():34s} {f.reason}")
