@@ -34,7 +34,9 @@ test: install
 dvc-repro: install fonts
 	dvc repro
 
+# MLflow 3's UI opens experiments on its GenAI view; the workflowType parameter picks the runs view.
 mlflow-ui: install
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean-results:

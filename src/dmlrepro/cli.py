@@ -56,6 +56,18 @@ def cmd_extract(params: dict, args) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
+def _raise_on_sigterm() -> None:
+    """SIGTERM (what Snakemake sends a cancelled job) raises SystemExit, so the MLflow run is marked
+    KILLED on the way out; a second SIGTERM kills at once."""
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_train(params: dict, args) -> None:
     from .training.frozen import train_run
 
@@ -63,7 +75,16 @@ def cmd_train(params: dict, args) -> None:
     run = study.run(args.run)
     # the flag, or what the declarations and params.yaml ask now (a `dvc exp run -S` cannot change the flag)
     every_epoch = args.test_every_epoch or study.needs[run.id].test_every_epoch
-    summary = train_run(params, run, run.dir(params), _device(params, args.device), test_every_epoch=every_epoch)
+    device = _device(params, args.device)
+    if args.no_mlflow:
+        summary = train_run(params, run, run.dir(params), device, test_every_epoch=every_epoch)
+    else:
+        from .reporting.tracking import TrainingTracker
+
+        _raise_on_sigterm()
+        with TrainingTracker(params, run, test_every_epoch=every_epoch) as tracker:
+            summary = train_run(params, run, run.dir(params), device, test_every_epoch=every_epoch, tracker=tracker)
+        summary["mlflow_run_id"] = tracker.run_id
     print(json.dumps(summary, indent=2))
 
 
@@ -76,6 +97,12 @@ def cmd_evaluate(params: dict, args) -> None:
     metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi or needs.nmi,
                            paper_protocol=args.paper_protocol or needs.test_every_epoch)
     print(json.dumps(metrics["test"], indent=2))
+    if not args.no_mlflow:
+        from .reporting.tracking import log_evaluation
+
+        run_id = log_evaluation(params, run, run.dir(params))
+        if run_id:
+            print(f"MLflow ({params['mlflow']['tracking_uri']}): metrics.json logged to training run {run_id}")
 
 
 def _write_target(params: dict, target, write, no_mlflow: bool) -> None:
@@ -85,8 +112,9 @@ def _write_target(params: dict, target, write, no_mlflow: bool) -> None:
     for path in write(params, target):
         print(f"wrote {path}")
     if not no_mlflow:
-        created = log_target(params, target)
-        print(f"MLflow ({params['mlflow']['tracking_uri']}): {created} new run(s) logged")
+        written = log_target(params, target)
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): {written} entr{'y' if written == 1 else 'ies'} "
+              f"of experiment {target.ref} logged (new or updated)")
 
 
 def cmd_table(params: dict, args) -> None:
@@ -268,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-every-epoch", action="store_true",
                    help="also score test each epoch and keep the best-on-test weights (papers' protocol)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-mlflow", action="store_true", help="train without an MLflow run")
     p = add("evaluate", cmd_evaluate, "evaluate a trained run on val and test")
     p.add_argument("--run", required=True)
     p.add_argument("--nmi", action="store_true",
@@ -275,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-protocol", action="store_true",
                    help="also evaluate the best-on-test epoch (also on when a declared table asks for it)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-mlflow", action="store_true", help="do not log metrics.json to the training run")
     for name, fn, text in (("table", cmd_table, "build a paper table (.md, .csv) and log its runs to MLflow"),
                            ("figure", cmd_figure, "build a sweep figure (.png, .csv) and log its runs to MLflow")):
         p = add(name, fn, text)

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -76,21 +77,34 @@ def test_snakemake_reruns_training_onward_when_a_hyperparameter_changes(built, t
 
 
 def test_mlflow_has_one_run_per_row_and_seed_and_no_duplicates(built):
+    """Snakemake's parallel jobs: one training run per train job, one table entry per (row, dataset,
+    seed) linked to it, and a rerun of an unchanged table adds nothing."""
     ws, _ = built
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     exp = client.get_experiment_by_name("baselines/glyphs")
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 5 * 2 + 1  # the frozen backbone is deterministic: one run, not one per seed
-    tags = runs[0].data.tags
-    for key in ("paper", "table", "row", "method", "dataset", "seed", "git_commit", "config_hash"):
-        assert key in tags
-    history = client.get_metric_history(runs[0].info.run_id, "val_recall_at_1")
-    assert [m.step for m in history] in ([0], [1, 2])
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    entries = client.search_runs([exp.experiment_id])
+    assert len(entries) == 5 * 2 + 1  # the frozen backbone is deterministic: one run, not one per seed
+    assert len({(r.data.tags["row"], r.data.tags["dataset"], r.data.tags["seed"]) for r in entries}) == len(entries)
+    training = client.search_runs([client.get_experiment_by_name("training-runs/glyphs").experiment_id])
+    assert sorted(r.info.run_name for r in training) == sorted(r.data.tags["run"] for r in entries)
+    by_id = {r.info.run_id: r for r in training}
+    for entry in entries:
+        tags = entry.data.tags
+        for key in ("paper", "table", "row", "method", "dataset", "seed", "git_commit", "git_dirty", "config_hash",
+                    "metrics_sha256", "training_run_id"):
+            assert key in tags, key
+        trained = by_id[tags["training_run_id"]]
+        assert trained.info.status == "FINISHED" and trained.data.tags["run"] == tags["run"]
+        assert trained.data.tags["metrics_sha256"] == tags["metrics_sha256"]  # evaluate logged metrics.json
+        assert trained.info.start_time <= trained.info.end_time
+        steps = [m.step for m in client.get_metric_history(trained.info.run_id, "val_recall_at_1")]
+        assert steps == ([0] if tags["method"] == "frozen" else [1, 2])
     # a rerun of an unchanged configuration adds nothing
-    run(["dmlrepro", "table", "--table", "baselines/glyphs"], ws)
-    assert len(client.search_runs([exp.experiment_id])) == 5 * 2 + 1
+    assert "0 entries" in run(["dmlrepro", "table", "--table", "baselines/glyphs"], ws).stdout
+    assert {r.info.run_id for r in client.search_runs([exp.experiment_id])} == {r.info.run_id for r in entries}
 
 
 def _free_port() -> int:
@@ -123,6 +137,15 @@ def test_mlflow_server_serves_the_runs(built):
         assert len(runs) == 2
         assert {r.data.tags["seed"] for r in runs} == {"0", "1"}
         assert all("final_test_recall_at_1" in r.data.metrics for r in runs)
+        # the training runs, with their artifacts as the UI fetches them
+        training = client.get_experiment_by_name("training-runs/glyphs")
+        trained = client.search_runs([training.experiment_id], "tags.method = 'proxy_anchor'")
+        assert sorted(r.data.tags["seed"] for r in trained) == ["0", "1"]
+        assert {r.info.run_id for r in trained} == {r.data.tags["training_run_id"] for r in runs}
+        for record in trained:
+            url = f"http://127.0.0.1:{port}/get-artifact?path=history.json&run_uuid={record.info.run_id}"
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert json.loads(response.read())["mlflow_run_id"] == record.info.run_id
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -30,6 +30,11 @@ SPLITS = ["train", "val", "train", "test", "train", "val", "train", "test", "tra
 COLOURS = ["red", "green", "blue", "orange", "purple", "black"]
 
 
+def _label(i: int) -> int:
+    """Class-disjoint splits (the manifest refuses a class in two of train, val, test)."""
+    return {"train": i % 2, "val": 2, "test": 3}[SPLITS[i]]
+
+
 def _draw(i: int) -> Image.Image:
     """A small asymmetric picture (so flips and crops change it); some grayscale or transparent."""
     colour = COLOURS[i % len(COLOURS)]
@@ -61,7 +66,7 @@ def dataset(tmp_path_factory) -> Path:
     for i, split in enumerate(SPLITS):
         rel = f"images/{i:03d}.png"
         _draw(i).save(root / rel)
-        lines.append(f"{rel},{i % 4},class{i % 4},{split}")
+        lines.append(f"{rel},{_label(i)},class{_label(i)},{split}")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -93,7 +98,7 @@ def test_arrays_shapes_dtypes_and_order(extracted):
         assert feats[f"{split}_rows"].dtype == np.int64
         assert feats[f"{split}_rows"].tolist() == rows  # manifest order kept
         assert feats[f"{split}_labels"].dtype == np.int64
-        assert feats[f"{split}_labels"].tolist() == [i % 4 for i in rows]
+        assert feats[f"{split}_labels"].tolist() == [_label(i) for i in rows]
     assert summary["images"] == len(SPLITS) and summary["views"] == 6 * 3 + 6
     assert summary["input_size"] == SIZE  # taken from the first image: no input_size configured
     assert summary["images_per_s"] > 0 and summary["inference"] == "jit-trace-freeze"

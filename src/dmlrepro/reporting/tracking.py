@@ -1,21 +1,91 @@
-"""MLflow record of every run: one experiment per paper table, one MLflow run per (row, dataset, seed).
+"""The MLflow record: a live record of every training job, and one experiment per paper table.
 
-MLflow is imported lazily (its import costs over a second). All writes go through one file lock,
-so parallel jobs never create the sqlite schema concurrently (which corrupts it) nor contend for
-its write lock. A rerun of an unchanged configuration finds its finished MLflow run by tag and
-adds nothing; a run left unfinished by a killed job is deleted and logged again.
+Experiments
+    ``training-runs/<dataset>``  one MLflow run per `dmlrepro train` job, named by the run id
+        (e.g. glyphs/efficientnet_lite0/triplet/seed0). A hyphen never occurs in a paper's name,
+        so these names cannot meet a table's.
+    ``<paper>/<table>`` (and ``<paper>/<sweep>``)  one entry per (row, dataset, seed) of a table
+        or figure, written by `dmlrepro table` / `dmlrepro figure`, linked to its training run.
+
+A training run is opened when training starts (:class:`TrainingTracker`), with the flattened run
+configuration as parameters, the dataset as an MLflow dataset input (name = the dataset, digest =
+the first 16 hex digits of its manifest.csv's sha256, source = ``{"uri": <the manifest's path>}``
+as MLflow's local sources write it, profile = ``{"manifest_sha256": <all of it>}``) and these tags:
+``run`` (the run id), ``config_hash``, ``method``, ``dataset``, ``backbone``, ``seed``,
+``features`` (the features file), ``test_every_epoch``, ``git_commit`` (also as
+``mlflow.source.git.commit``), ``git_dirty`` (``git status --porcelain`` lists something) and
+``attempts``. Every epoch logs, with step = epoch, ``train_loss``, ``embedding_norm``, ``lr``,
+``epoch_seconds`` and ``val_<metric>`` (``test_<metric>`` with --test-every-epoch; ``@`` is spelt
+``_at_``, e.g. ``val_recall_at_1``) as the epoch ends. At the end model.pt and history.json are
+logged as artifacts and the run is FINISHED; `dmlrepro evaluate` then adds metrics.json, the
+final metrics (``final_<protocol>_<metric>``, ``best_epoch``, ``test_best_epoch``) and the tag
+``metrics_sha256``.
+
+Statuses: FINISHED on success; FAILED on an exception (a diverged loss, a missing input, any
+error; the tag ``failure`` holds the message); KILLED on KeyboardInterrupt (SIGINT), SystemExit and
+SIGTERM (`dmlrepro train` turns SIGTERM, which Snakemake sends to a cancelled job, into SystemExit
+so the status gets written). The run id is stored in the trainer's checkpoint, so a resumed job
+reopens the same run (RUNNING again, ``attempts`` + 1, the git tags of the latest attempt) and
+continues its epochs; a job killed before its first checkpoint leaves a KILLED run without epochs
+and its rerun opens a new one. The run id is also stored in history.json and model.pt
+(``mlflow_run_id``), which is how evaluate and the table entries find it. Every execution of
+`dmlrepro train` is one training run: Snakemake and DVC rerun training only after a change to its
+code, data or configuration, so the training experiment is the history of those changes.
+
+Table entries: each carries the run's parameters, per-epoch metrics and final metrics, the tags
+``paper``, ``table``, ``row``, ``method``, ``dataset``, ``seed``, ``run``, ``config_hash``,
+``git_commit``, ``git_dirty``, ``metrics_sha256`` (of the run's metrics.json), ``training_run_id``
+and ``training_experiment_id``, and a description (``mlflow.note.content``) linking the training
+run. Update rule: an entry is identified by (row, dataset, seed) within its experiment. A rerun
+finds the active entry; if it is FINISHED with the same ``metrics_sha256`` and
+``training_run_id``, nothing is written. Otherwise (metrics.json changed, the run was retrained
+after a change of code, data or configuration, or the entry was left unfinished by a killed job)
+the old entry is deleted (MLflow's soft delete: the UI lists it under "deleted" until `mlflow gc`)
+and a complete new one is logged: MLflow parameters cannot change value, so an entry is replaced,
+never edited. There is never more than one active entry per key, and entries whose key the
+declaration no longer has are deleted the same way.
+
+Store and concurrency: MLflow is imported lazily (its import costs over a second) and only
+through ``MlflowClient`` (never the fluent API's global state). With a sqlite store, every write
+(and the schema creation, done once by `dmlrepro mlflow-init` before parallel jobs start) happens
+under one file lock, ``<db>.lock``, held only for a short batch of writes, so parallel jobs never
+create the schema concurrently (which corrupts it) nor contend for sqlite's write lock.
+
+Artifacts go to ``mlflow.artifact_root`` (default ``mlartifacts`` beside the sqlite file, which
+is where `mlflow server` keeps its own; a relative path is taken from the db's folder), under the
+experiment's name, fixed when the experiment is created (MLflow would otherwise use ./mlruns of
+whatever directory the first job ran in). A server URI (http://...) keeps its server's default.
+
+The UI: every experiment is tagged ``mlflow.experimentKind = custom_model_development``. MLflow
+3.17's UI, however, ignores that tag when it picks an experiment's view: it derives the kind from
+its "workflow type" switch (the ``workflowType`` URL parameter, else the browser's stored choice,
+``localStorage["mlflow.workflowType_v1"]``, which defaults to GenAI). :func:`ui_url` gives a link
+with ``?workflowType=machine_learning``, which opens the runs table (e.g.
+http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning); choosing "Model training" in
+the sidebar's "GenAI | Model training" switch once makes it that browser's default.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import getpass
+import hashlib
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 from ..study.declarations import Sweep, Table
 from ..study.runs import Run, flatten as flatten_keys
+
+TRAINING_EXPERIMENT = "training-runs/{dataset}"
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+UI_QUERY = "?workflowType=machine_learning"
+DEFAULT_ARTIFACT_ROOT = "mlartifacts"
+_PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -45,12 +115,42 @@ def init_store(uri: str) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
 
 
-def git_commit() -> str:
+def artifact_root(params: dict) -> str | None:
+    """Where experiments created here keep their artifacts (a URI), or None for the server's default."""
+    cfg = params["mlflow"]
+    root = cfg.get("artifact_root")
+    if root and "://" in str(root):
+        return str(root)
+    db = _sqlite_file(cfg["tracking_uri"])
+    if db is None:
+        return Path(root).resolve().as_uri() if root else None
+    return (db.resolve().parent / (root or DEFAULT_ARTIFACT_ROOT)).as_uri()
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, base: str = "") -> str:
+    """A link into the MLflow UI (relative to its address unless `base` is given) that opens the
+    runs view, not MLflow 3's GenAI overview."""
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "/runs")
+    return f"{base.rstrip('/')}/{page}{UI_QUERY}" if base else f"{page}{UI_QUERY}"
+
+
+@functools.lru_cache(maxsize=None)
+def git_state(cwd: str | None = None) -> dict:
+    """{'git_commit': sha or 'unknown', 'git_dirty': 'true' | 'false' | 'unknown'}."""
+    def git(*args):
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, cwd=cwd)
+        return out.stdout if out.returncode == 0 else None
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
+        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+        commit = status = None
+    return {"git_commit": commit.strip() if commit else "unknown",
+            "git_dirty": "unknown" if status is None else str(bool(status.strip())).lower()}
+
+
+def git_commit() -> str:
+    return git_state()["git_commit"]
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -59,28 +159,254 @@ def flatten(d: dict, prefix: str = "") -> dict:
             for k, v in flatten_keys(d, prefix).items()}
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def _metric_name(split: str, metric: str) -> str:
     return f"{split}_{metric.replace('@', '_at_')}"  # '@' is not allowed in MLflow metric names
 
 
-def _run_payload(params: dict, run: Run):
-    from mlflow.entities import Metric, Param
+def epoch_metrics(entry: dict, timestamp: int | None = None) -> list:
+    """MLflow metrics (step = epoch) of one history.json epoch entry."""
+    from mlflow.entities import Metric
 
-    folder = run.dir(params)
-    metrics = json.loads((folder / "metrics.json").read_text("utf-8"))
-    history = json.loads((folder / "history.json").read_text("utf-8"))
-    mlflow_params = [Param(k[:250], v[:6000]) for k, v in flatten(run.config).items()]
-    values = []
-    for entry in history["epochs"]:
-        step = entry["epoch"]
-        if entry.get("loss") is not None:
-            values.append(Metric("train_loss", entry["loss"], 0, step))
-        for split in ("val", "test"):
-            values += [Metric(_metric_name(split, k), v, 0, step) for k, v in entry.get(split, {}).items()]
-    for split in ("val", "test", "test_last_epoch", "test_paper"):
-        values += [Metric(_metric_name(f"final_{split}", k), v, 0, 0) for k, v in metrics.get(split, {}).items()]
-    values.append(Metric("best_epoch", metrics["best_epoch"], 0, 0))
-    return metrics["config_hash"], mlflow_params, values
+    ts, step = _now_ms() if timestamp is None else timestamp, entry["epoch"]
+    values = [Metric(name, float(entry[key]), ts, step) for key, name in
+              (("loss", "train_loss"), ("embedding_norm", "embedding_norm"), ("lr", "lr"),
+               ("seconds", "epoch_seconds")) if entry.get(key) is not None]
+    for split in ("val", "test"):
+        values += [Metric(_metric_name(split, k), float(v), ts, step) for k, v in entry.get(split, {}).items()]
+    return values
+
+
+def final_metrics(metrics: dict, timestamp: int | None = None) -> list:
+    """MLflow metrics of a metrics.json: final_<protocol>_<metric> and best_epoch (step 0)."""
+    from mlflow.entities import Metric
+
+    ts = _now_ms() if timestamp is None else timestamp
+    values = [Metric(_metric_name(f"final_{split}", k), float(v), ts, 0)
+              for split in ("val", "test", "test_last_epoch", "test_paper") for k, v in metrics.get(split, {}).items()]
+    for key in ("best_epoch", "test_best_epoch"):
+        if metrics.get(key) is not None:
+            values.append(Metric(key, float(metrics[key]), ts, 0))
+    return values
+
+
+def _log_params(client, run_id: str, flat: dict, already: dict | None = None) -> None:
+    from mlflow.entities import Param
+
+    new = [Param(k[:250], v[:6000]) for k, v in flat.items() if k[:250] not in (already or {})]
+    for i in range(0, len(new), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=new[i : i + _PARAMS_PER_BATCH])
+
+
+def _log_metrics(client, run_id: str, values: list) -> None:
+    for i in range(0, len(values), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=values[i : i + _METRICS_PER_BATCH])
+
+
+def _experiment(client, name: str, root: str | None, tags: dict) -> str:
+    """The id of experiment `name`, created (with a fixed artifact location) or restored if needed;
+    its tags (the UI's kind among them) are set when missing. Call under the store lock."""
+    tags = {KIND_TAG: KIND, **tags}
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=f"{root.rstrip('/')}/{name}" if root else None,
+                                        tags=tags)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for key, value in tags.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+
+
+class TrainingTracker:
+    """The live MLflow run of one training job.
+
+    Use it as a context manager around ``train_run(..., tracker=tracker)``: the trainer calls
+    :meth:`start` once it has read its checkpoint (with the run id the checkpoint holds, if any),
+    :meth:`log_epoch` after every epoch and :meth:`finish` once model.pt and history.json are
+    written; leaving the context by an exception marks the run FAILED or KILLED (and opens one
+    first if the job failed before training started)."""
+
+    def __init__(self, params: dict, run: Run, test_every_epoch: bool = False):
+        self.params, self.run, self.test_every_epoch = params, run, test_every_epoch
+        self.uri = params["mlflow"]["tracking_uri"]
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.finished = False
+        self._mlflow = None
+
+    @property
+    def client(self):
+        if self._mlflow is None:
+            self._mlflow = _client(self.uri)
+        return self._mlflow
+
+    def _tags(self) -> dict:
+        run = self.run
+        git = git_state()
+        return {"run": run.id, "config_hash": run.hash, "method": run.method, "dataset": run.dataset,
+                "backbone": run.backbone, "seed": str(run.seed), "features": str(run.features.path(self.params)),
+                "test_every_epoch": str(self.test_every_epoch).lower(), **git,
+                "mlflow.source.git.commit": git["git_commit"], "mlflow.source.name": "dmlrepro train",
+                "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
+
+    def _dataset_input(self):
+        from ..config import dataset_dir
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        manifest = dataset_dir(self.params, self.run.dataset) / "manifest.csv"
+        if not manifest.is_file():
+            print(f"warning: no {manifest}; the MLflow run gets no dataset input", file=sys.stderr)
+            return None
+        sha = file_sha256(manifest)
+        dataset = Dataset(name=self.run.dataset, digest=sha[:16], source_type="local",
+                          source=json.dumps({"uri": str(manifest.resolve())}),
+                          profile=json.dumps({"manifest_sha256": sha}))
+        return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
+
+    def start(self, resume_id: str | None = None, done_epochs: list | None = None) -> str:
+        """Open the run (or reopen `resume_id`, the run a checkpoint was written for); return its id.
+        done_epochs: the history entries a checkpoint already holds, logged if the run is new."""
+        from mlflow.entities import RunTag
+        from mlflow.exceptions import MlflowException
+
+        tags = self._tags()
+        dataset = self._dataset_input()
+        with store_lock(self.uri):
+            client = self.client
+            self.experiment_id = _experiment(client, TRAINING_EXPERIMENT.format(dataset=self.run.dataset),
+                                             artifact_root(self.params), {"dataset": self.run.dataset})
+            previous = None
+            if resume_id:
+                try:
+                    previous = client.get_run(resume_id)
+                except MlflowException as exc:
+                    if not _not_found(exc):
+                        raise
+                if previous is not None and (previous.info.lifecycle_stage != "active"
+                                             or previous.info.experiment_id != self.experiment_id
+                                             or previous.data.tags.get("config_hash") != self.run.hash):
+                    previous = None
+            if previous is not None:
+                self.run_id = resume_id
+                client.update_run(resume_id, status="RUNNING")
+                attempts = int(previous.data.tags.get("attempts", "1")) + 1
+                client.log_batch(resume_id, tags=[RunTag(k, v) for k, v in {**tags, "attempts": str(attempts)}.items()
+                                                  if previous.data.tags.get(k) != v])
+                logged_params = previous.data.params
+                inputs = previous.inputs.dataset_inputs if previous.inputs else []
+                has_dataset = dataset is not None and any(i.dataset.digest == dataset.dataset.digest for i in inputs)
+            else:
+                self.run_id = client.create_run(self.experiment_id, start_time=_now_ms(),
+                                                tags={**tags, "attempts": "1"}, run_name=self.run.id).info.run_id
+                logged_params, has_dataset = {}, False
+                _log_metrics(client, self.run_id, [m for e in done_epochs or [] for m in epoch_metrics(e)])
+            _log_params(client, self.run_id, flatten(self.run.config), logged_params)
+            if dataset is not None and not has_dataset:
+                client.log_inputs(self.run_id, datasets=[dataset])
+        return self.run_id
+
+    def log_epoch(self, entry: dict) -> None:
+        with store_lock(self.uri):
+            _log_metrics(self.client, self.run_id, epoch_metrics(entry))
+
+    def finish(self, out_dir: Path) -> None:
+        """Log model.pt and history.json and mark the run FINISHED."""
+        with store_lock(self.uri):
+            for name in ("model.pt", "history.json"):
+                if (Path(out_dir) / name).is_file():
+                    self.client.log_artifact(self.run_id, str(Path(out_dir) / name))
+            self.client.set_terminated(self.run_id, "FINISHED", end_time=_now_ms())
+        self.finished = True
+
+    def end(self, status: str, why: str = "") -> None:
+        """Mark the run `status` (FAILED or KILLED), opening one first if training never started."""
+        if self.run_id is None:
+            self.start(None)
+        with store_lock(self.uri):
+            if why:
+                self.client.set_tag(self.run_id, "failure", why[:5000])
+            self.client.set_terminated(self.run_id, status, end_time=_now_ms())
+
+    def __enter__(self) -> "TrainingTracker":
+        return self
+
+    def __exit__(self, etype, exc, tb) -> bool:
+        if etype is None or self.finished:
+            return False
+        status = "KILLED" if issubclass(etype, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        try:
+            self.end(status, f"{etype.__name__}: {exc}")
+            print(f"MLflow: training run {self.run_id} marked {status}", file=sys.stderr)
+        except Exception as err:  # the job's own error is what matters; never hide it
+            print(f"warning: could not mark the MLflow run {status}: {err}", file=sys.stderr)
+        return False
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def log_evaluation(params: dict, run: Run, run_dir: Path) -> str | None:
+    """Add metrics.json (artifact, final metrics, its sha256 as a tag) to the run's training run;
+    return that run's id, or None (with a note on stderr) when there is none to log to."""
+    from mlflow.exceptions import MlflowException
+
+    history_file = run_dir / "history.json"
+    run_id = json.loads(history_file.read_text("utf-8")).get("mlflow_run_id") if history_file.is_file() else None
+    if not run_id:
+        print(f"MLflow: {history_file} names no training run (trained without tracking); "
+              "nothing logged", file=sys.stderr)
+        return None
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text("utf-8"))
+    uri = params["mlflow"]["tracking_uri"]
+    with store_lock(uri):
+        client = _client(uri)
+        try:
+            client.get_run(run_id)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            print(f"MLflow: training run {run_id} is not in {uri}; nothing logged", file=sys.stderr)
+            return None
+        _log_metrics(client, run_id, final_metrics(metrics))
+        client.set_tag(run_id, "metrics_sha256", file_sha256(metrics_file))
+        client.log_artifact(run_id, str(metrics_file))
+    return run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper tables and figures
 
 
 def _entries(target: Table | Sweep) -> list[tuple[str, Run]]:
@@ -90,39 +416,83 @@ def _entries(target: Table | Sweep) -> list[tuple[str, Run]]:
     return [(f"{target.decl['parameter']}={p.value}", run) for p in target.points for run in p.runs]
 
 
-def log_target(params: dict, target: Table | Sweep) -> int:
-    """Log every run of a table or figure to its experiment (named PAPER/NAME); return how many
-    MLflow runs were created."""
-    from mlflow.entities import RunStatus
-    from mlflow.tracking import MlflowClient
+def _run_payload(params: dict, run: Run) -> dict:
+    folder = run.dir(params)
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text("utf-8"))
+    history = json.loads((folder / "history.json").read_text("utf-8"))
+    ts = _now_ms()
+    values = [m for entry in history["epochs"] for m in epoch_metrics(entry, ts)] + final_metrics(metrics, ts)
+    return {"config_hash": metrics["config_hash"], "metrics_sha256": file_sha256(metrics_file),
+            "training_run_id": history.get("mlflow_run_id") or "", "params": flatten(run.config), "metrics": values}
 
+
+def _all_runs(client, exp_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _training_link(client, training_run_id: str, cache: dict) -> tuple[str, str]:
+    """(experiment id, markdown note) of a training run, or ('', note) when it is not in this store."""
+    from mlflow.exceptions import MlflowException
+
+    if not training_run_id:
+        return "", "Trained without MLflow tracking: no training run is linked."
+    if training_run_id not in cache:
+        try:
+            info = client.get_run(training_run_id)
+            cache[training_run_id] = (info.info.experiment_id, info.info.run_name)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            cache[training_run_id] = ("", "")
+    exp_id, name = cache[training_run_id]
+    if not exp_id:
+        return "", f"Training run {training_run_id} (not in this tracking store)."
+    return exp_id, f"Training run: [{name or training_run_id}]({ui_url(exp_id, training_run_id)})"
+
+
+def log_target(params: dict, target: Table | Sweep) -> int:
+    """Log every (row, dataset, seed) of a table or figure to its experiment (named PAPER/NAME),
+    following the module's update rule; return how many entries were written (new or replaced)."""
     uri = params["mlflow"]["tracking_uri"]
-    commit = git_commit()
-    created = 0
+    git = git_state()
+    payloads = [(label.replace("'", ""), run, _run_payload(params, run)) for label, run in _entries(target)]
+    written = 0
     with store_lock(uri):
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(target.ref)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            target.ref, tags={"paper": target.paper, "table": target.name})
-        # MLflow 3's UI opens an experiment without a kind in its GenAI view; this is a training study
-        client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-        for label, run in _entries(target):
-            cfg_hash, mlflow_params, values = _run_payload(params, run)
-            row = label.replace("'", "")
-            existing = client.search_runs([exp_id], f"tags.config_hash = '{cfg_hash}' and tags.row = '{row}' "
-                                                    f"and tags.run = '{run.id}'")
-            if any(r.info.status == "FINISHED" for r in existing):
+        client = _client(uri)
+        exp_id = _experiment(client, target.ref, artifact_root(params), {"paper": target.paper, "table": target.name})
+        existing: dict[tuple, list] = {}
+        for found in _all_runs(client, exp_id):
+            t = found.data.tags
+            existing.setdefault((t.get("row"), t.get("dataset"), t.get("seed")), []).append(found)
+        links: dict = {}
+        for row, run, payload in payloads:
+            key = (row, run.dataset, str(run.seed))
+            old = existing.pop(key, [])
+            if len(old) == 1 and old[0].info.status == "FINISHED" \
+                    and old[0].data.tags.get("metrics_sha256") == payload["metrics_sha256"] \
+                    and old[0].data.tags.get("training_run_id", "") == payload["training_run_id"]:
                 continue
-            for stale in existing:  # left unfinished by a killed job
+            for stale in old:  # changed, retrained, or left unfinished by a killed job
                 client.delete_run(stale.info.run_id)
+            training_exp, note = _training_link(client, payload["training_run_id"], links)
             tags = {"paper": target.paper, "table": target.name, "row": row, "method": run.method,
-                    "dataset": run.dataset, "seed": str(run.seed), "git_commit": commit,
-                    "config_hash": cfg_hash, "run": run.id,
-                    "mlflow.runName": f"{run.name}/{run.dataset}/seed{run.seed}"}
-            run_id = client.create_run(exp_id, tags=tags).info.run_id
-            client.log_batch(run_id, params=mlflow_params)
-            for i in range(0, len(values), 1000):
-                client.log_batch(run_id, metrics=values[i : i + 1000])
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-            created += 1
-    return created
+                    "dataset": run.dataset, "backbone": run.backbone, "seed": str(run.seed), "run": run.id,
+                    "config_hash": payload["config_hash"], "metrics_sha256": payload["metrics_sha256"],
+                    "training_run_id": payload["training_run_id"], "training_experiment_id": training_exp,
+                    **git, "mlflow.source.git.commit": git["git_commit"], "mlflow.note.content": note}
+            run_id = client.create_run(exp_id, tags=tags, run_name=f"{row}/{run.dataset}/seed{run.seed}").info.run_id
+            _log_params(client, run_id, payload["params"])
+            _log_metrics(client, run_id, payload["metrics"])
+            client.set_terminated(run_id, "FINISHED")
+            written += 1
+        for gone in existing.values():  # rows, datasets or seeds the declaration no longer has
+            for stale in gone:
+                client.delete_run(stale.info.run_id)
+    return written

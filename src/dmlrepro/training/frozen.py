@@ -95,8 +95,12 @@ def _load_checkpoint(path: Path, cfg_hash: str) -> dict | None:
     return state
 
 
-def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False) -> dict:
-    """Train one run; write model.pt and history.json into out_dir."""
+def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False,
+              tracker=None) -> dict:
+    """Train one run; write model.pt and history.json into out_dir.
+
+    tracker: a reporting.tracking.TrainingTracker (the CLI's), or None for no MLflow record: it is
+    started with the checkpoint's MLflow run id, told each epoch, and finished after the files."""
     cfg, cfg_hash, seed = run.config, run.hash, run.seed
     tcfg = cfg["train"]
     mcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
@@ -123,7 +127,13 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         if test_every_epoch:
             model.update({"test_best_state": {}, "test_best_epoch": 0})
         history = {"config_hash": cfg_hash, "epochs": [{"epoch": 0, "loss": None, **scores(head)}], "best_epoch": 0}
-        return _finish(out_dir, model, history, cfg, cfg_hash)
+        if tracker is not None:
+            model["mlflow_run_id"] = history["mlflow_run_id"] = tracker.start(None)
+            tracker.log_epoch(history["epochs"][0])
+        summary = _finish(out_dir, model, history, cfg, cfg_hash)
+        if tracker is not None:
+            tracker.finish(out_dir)
+        return summary
 
     out_dim = tcfg["embedding_dim"]
     classes, train_targets = np.unique(train_y, return_inverse=True)  # proxies need labels 0..C-1
@@ -156,6 +166,7 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         best = {"epoch": 0, "score": -1.0, "state": None}
         test_best = {"epoch": 0, "score": -1.0, "state": None}
         start = 1
+    mlflow_run_id = tracker.start(state and state.get("mlflow_run_id"), history["epochs"]) if tracker else None
 
     n_views = train_x.shape[0]
     targets = torch.from_numpy(train_targets).long()
@@ -189,6 +200,8 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
                  "embedding_norm": round(float(np.mean(norms)), 4), **scored, "seconds": round(time.time() - t0, 3)}
         history["epochs"].append(entry)
+        if tracker is not None:
+            tracker.log_epoch(entry)
         if scored["val"][selection] > best["score"]:
             best = {"epoch": epoch, "score": scored["val"][selection], "state": copy.deepcopy(head.state_dict())}
         if test_every_epoch and scored["test"][selection] > test_best["score"]:
@@ -199,7 +212,7 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
             "version": CHECKPOINT_VERSION, "config_hash": cfg_hash, "epoch": epoch,
             "head": head.state_dict(), "criterion": criterion.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "best": best, "test_best": test_best,
+            "history": history, "best": best, "test_best": test_best, "mlflow_run_id": mlflow_run_id,
         })
         if os.environ.get("DMLREPRO_STOP_AFTER_EPOCH") == str(epoch):  # lets tests simulate a killed job
             raise SystemExit(f"stopping after epoch {epoch} as DMLREPRO_STOP_AFTER_EPOCH asks")
@@ -211,7 +224,11 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
     if test_every_epoch:
         history["test_best_epoch"] = test_best["epoch"]
         model.update({"test_best_state": test_best["state"], "test_best_epoch": test_best["epoch"]})
+    if mlflow_run_id is not None:
+        model["mlflow_run_id"] = history["mlflow_run_id"] = mlflow_run_id
     summary = _finish(out_dir, model, history, cfg, cfg_hash)
+    if tracker is not None:
+        tracker.finish(out_dir)
     ckpt_path.unlink(missing_ok=True)  # the run is complete; its resume state is no longer needed
     return summary
 
