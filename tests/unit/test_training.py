@@ -14,14 +14,14 @@ from dmlrepro.training import frozen
 from conftest import REPO
 
 
-def _features(path, n_classes=12, per_class=6, dim=16, seed=0):
-    """Gaussian clusters; classes 0-7 train, 8-11 val (class-disjoint)."""
+def _features(path, n_classes=16, per_class=6, dim=16, seed=0):
+    """Gaussian clusters; classes 0-7 train, 8-11 val, 12-15 test (class-disjoint)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_classes, dim)) * 3
     labels = np.repeat(np.arange(n_classes), per_class)
     x = (centres[labels] + rng.normal(size=(len(labels), dim))).astype(np.float16)
     arrays = {}
-    for split, keep in (("train", labels < 8), ("val", labels >= 8)):
+    for split, keep in (("train", labels < 8), ("val", (labels >= 8) & (labels < 12)), ("test", labels >= 12)):
         arrays[f"{split}_features"] = x[keep][None]
         arrays[f"{split}_labels"] = labels[keep]
         arrays[f"{split}_rows"] = np.flatnonzero(keep)
@@ -105,3 +105,30 @@ def test_a_non_finite_loss_stops_the_run_with_epoch_step_and_last_loss(setup, mo
     assert "diverged at epoch 2, step 3" in msg and "the loss is nan" in msg
     assert "last finite loss" in msg and "no model was written" in msg
     assert not (tmp / "out/model.pt").exists()
+
+
+def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
+    """metrics.json's val (and, with test scores per epoch, its last and best-on-test epochs) come
+    from history.json: only the honest protocol's test split is searched again."""
+    from dmlrepro.evaluation import run as evaluation
+    from dmlrepro.evaluation.metrics import evaluate_retrieval
+
+    params, run, tmp = setup
+    frozen.train_run(params, run, tmp / "out", "cpu", test_every_epoch=True)
+    searched = []
+    real = evaluation._split_metrics
+    monkeypatch.setattr(evaluation, "_split_metrics", lambda head, feats, split, *a: searched.append(split) or
+                        real(head, feats, split, *a))
+    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", nmi=False, paper_protocol=True)
+    assert searched == ["test"]
+    history = {e["epoch"]: e for e in json.loads((tmp / "out/history.json").read_text())["epochs"]}
+    assert metrics["val"] == history[metrics["best_epoch"]]["val"]
+    assert metrics["test_last_epoch"] == history[3]["test"]
+    assert metrics["test_paper"] == history[metrics["test_best_epoch"]]["test"]
+    # the honest test metrics: an independent search with the selected weights
+    model = frozen.load_model(tmp / "out/model.pt")
+    feats = np.load(run.features.path(params))
+    emb = frozen.embed(frozen.head_from_model(model, "best"), feats["test_features"][0], "cpu")
+    expected = evaluate_retrieval(emb, feats["test_labels"], ks=params["evaluation"]["ks"][:1] + [2, 4, 8],
+                                  compute_nmi=False)
+    assert metrics["test"] == pytest.approx(expected)

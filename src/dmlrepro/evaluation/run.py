@@ -7,9 +7,15 @@ metrics.json holds, per protocol, the metrics a table can show:
                      with --test-every-epoch)
 NMI (k-means, the slow part on many-class sets) is computed only when a table using the run asks
 for it (--nmi), for the honest and the papers' protocols (never for the last epoch).
+
+No search is repeated: the validation metrics of the selected epoch (and, when trained with test
+scores per epoch, the test metrics of the last and best-on-test epochs) are taken from
+history.json, which training computed with the same weights and the same metric code; only the
+honest protocol's test metrics are computed here, plus another epoch's only when its weights differ.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .. import atomic
@@ -23,6 +29,17 @@ from .metrics import evaluate_retrieval
 def _split_metrics(head, feats: dict, split: str, ks, device: str, compute_nmi: bool) -> dict:
     emb = embed(head.to(device), feats[f"{split}_features"][0], device)
     return evaluate_retrieval(emb, feats[f"{split}_labels"], ks=ks, compute_nmi=compute_nmi)
+
+
+def _history_epochs(run_dir: Path, cfg_hash: str) -> dict:
+    """{epoch: {split: metrics}} from history.json when it belongs to this configuration, else {}."""
+    path = run_dir / "history.json"
+    if not path.exists():
+        return {}
+    history = json.loads(path.read_text("utf-8"))
+    if history.get("config_hash") != cfg_hash:
+        return {}
+    return {e["epoch"]: {s: e[s] for s in ("val", "test") if s in e} for e in history["epochs"]}
 
 
 def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool = False,
@@ -39,22 +56,29 @@ def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool =
     feats = load_features(run.features.path(params), splits=("val", "test"))
     ks = run.config["evaluation"]["ks"]
     set_threads(run.config["evaluation"].get("threads", params["evaluation"].get("threads", 1)))
+    epochs = _history_epochs(run_dir, run.hash)
     best = head_from_model(model, "best")
     test = _split_metrics(best, feats, "test", ks, device, nmi)
-    same_last = model["last_epoch"] == model["best_epoch"]  # same weights: no second search
+
+    def recorded(epoch: int, split: str, which: str, with_nmi: bool) -> dict:
+        """An epoch's metrics on a split: the history's when it has them, else computed now."""
+        if epoch == model["best_epoch"] and split == "test":
+            return test if with_nmi else {k: v for k, v in test.items() if k != "nmi"}
+        if not with_nmi and split in epochs.get(epoch, {}):
+            return epochs[epoch][split]
+        return _split_metrics(head_from_model(model, which), feats, split, ks, device, with_nmi)
+
     metrics = {
         "config_hash": run.hash,
         "run": run.id,
         "best_epoch": model["best_epoch"],
         "last_epoch": model["last_epoch"],
-        "val": _split_metrics(best, feats, "val", ks, device, False),
+        "val": recorded(model["best_epoch"], "val", "best", False),
         "test": test,
-        "test_last_epoch": ({k: v for k, v in test.items() if k != "nmi"} if same_last else
-                            _split_metrics(head_from_model(model, "last"), feats, "test", ks, device, False)),
+        "test_last_epoch": recorded(model["last_epoch"], "test", "last", False),
     }
     if paper_protocol:
         metrics["test_best_epoch"] = model["test_best_epoch"]
-        metrics["test_paper"] = (test if model["test_best_epoch"] == model["best_epoch"] else
-                                 _split_metrics(head_from_model(model, "test_best"), feats, "test", ks, device, nmi))
+        metrics["test_paper"] = recorded(model["test_best_epoch"], "test", "test_best", nmi)
     atomic.write_json(run_dir / "metrics.json", metrics)
     return metrics
