@@ -101,6 +101,7 @@ def _method_build_problems(params: dict) -> list[str]:
     for name, method in params["methods"].items():
         if method.get("loss") == "none":
             continue
+        method = {k: v for k, v in method.items() if k != "train"}  # its training settings: not the loss's
         try:
             build_criterion(method, num_classes=2, embedding_dim=params["train"]["embedding_dim"], name=name)
         except DmlReproError as exc:

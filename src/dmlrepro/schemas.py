@@ -18,6 +18,9 @@ def generated_params_schema(current: dict) -> dict:
     method = schema["$defs"]["method"]["properties"]
     method["loss"]["enum"] = ["none", *LOSSES.names()]
     method["miner"]["enum"] = [None, *MINERS.names()]
+    # a method's own training settings (e.g. its tuned lr): any train key, none required
+    method["train"] = {"type": "object", "additionalProperties": False,
+                       "properties": copy.deepcopy(schema["properties"]["train"]["properties"])}
     dataset = schema["$defs"]["dataset"]
     dataset["properties"]["kind"]["enum"] = DATASETS.names()
     dataset["allOf"] = [

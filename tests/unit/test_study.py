@@ -698,3 +698,38 @@ def test_every_bad_row_is_reported_at_once_with_its_label(params):
     assert "row 'B'" in msg and "'backbone' is a section" in msg
     assert "row 'C'" in msg and "marign" in msg
     assert "is not declared" not in msg  # the table is declared; its rows are what is wrong
+
+
+def test_a_methods_own_train_settings_apply_to_its_runs_only_and_below_declarations(params):
+    params["methods"]["triplet"]["train"] = {"lr": 3.0e-3}
+    assert _run(params).config["train"]["lr"] == 3.0e-3
+    assert "train" not in _run(params).config["method"]  # a training setting, not the loss's
+    assert _run(params, method="contrastive").config["train"]["lr"] == params["train"]["lr"]
+    assert _run(params, **{"train.lr": 1e-5}).config["train"]["lr"] == 1e-5  # a declaration wins
+    assert _run(params).name == "triplet"  # params.yaml values never name a run
+
+
+def test_dvc_params_of_a_run_follow_the_methods_own_train_settings(params):
+    from dmlrepro.study.dvc_yaml import _run_params
+
+    params["methods"]["triplet"]["train"] = {"lr": 3.0e-3, "threads": 2}
+    write_paper(params, "tables:\n  t:\n" + ONE_COLUMN +
+                "    rows: [{label: T, method: triplet}, {label: C, method: contrastive},\n"
+                "           {label: S, method: triplet, overrides: {train.lr: 0.1}}]\n")
+    study = load_study(params)
+    plain, contrastive, swept = (row.runs["glyphs"][0] for row in study.table("demo/t").rows)
+    triplet_keys = _run_params(params, study, plain)
+    assert "methods.triplet.train.lr" in triplet_keys and "train.lr" not in triplet_keys
+    assert "methods.triplet.train.threads" not in triplet_keys  # machine-only
+    assert "train.epochs" in triplet_keys
+    assert "train.lr" in _run_params(params, study, contrastive)
+    swept_keys = _run_params(params, study, swept)  # declares its own lr: neither source applies
+    assert "methods.triplet.train.lr" not in swept_keys and "train.lr" not in swept_keys
+
+
+def test_a_methods_train_block_is_checked_by_the_schema(params):
+    from dmlrepro.config import validate_params
+
+    params["methods"]["triplet"]["train"] = {"lrr": 1e-3}
+    with pytest.raises(DmlReproError, match="unknown key methods.triplet.train.lrr"):
+        validate_params(params)

@@ -47,11 +47,15 @@ def _run_params(params: Mapping[str, Any], study: Study, run: Run) -> list:
     def open_(keys, run_prefix, params_prefix):
         return [f"{params_prefix}{k}" for k in keys if f"{run_prefix}{k}" not in run.declared]
 
-    method = flatten(params["methods"][run.method])
+    method = dict(params["methods"][run.method])
+    own_train = method.pop("train", {})  # the method's own train settings replace params.yaml's
     keys: list = ["regime", *open_(flatten(params["backbone"]), "backbone.", "backbone."),
-                  *open_(method, "method.", f"methods.{run.method}.")]
+                  *open_(flatten(method), "method.", f"methods.{run.method}.")]
     if run.config["method"].get("loss") not in TRAINING_FREE_LOSSES:
-        keys += open_([k.split(".", 1)[1] for k in _semantic_keys(params, "train")], "train.", "train.")
+        train_keys = [k.split(".", 1)[1] for k in _semantic_keys(params, "train")]
+        keys += open_([k for k in train_keys if k not in own_train], "train.", "train.")
+        keys += open_([k for k in own_train if k not in NON_SEMANTIC["train"]], "train.",
+                      f"methods.{run.method}.train.")
     keys += open_(["ks", *(["test_every_epoch"] if "test_every_epoch" in params["evaluation"] else [])],
                   "evaluation.", "evaluation.")
     files: dict[str, list[str]] = {}

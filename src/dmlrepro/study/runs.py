@@ -12,7 +12,8 @@ A run's configuration is one JSON-able dict with fixed sections::
     evaluation  {ks, ...}
     seed        int
 
-It is built from params.yaml's defaults, then a paper's preset, then a row's overrides, then a
+It is built from params.yaml's defaults (``train`` updated by the method's own ``train`` block,
+e.g. the learning rate chosen for it on validation), then a paper's preset, then a row's overrides, then a
 sweep's value (dotted keys such as ``train.embedding_dim`` or ``method.loss_args.margin``).
 
 Identity: ``config_hash`` hashes only the keys that can change a result; threads, extraction batch
@@ -153,14 +154,16 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
     if method not in params["methods"]:
         raise DmlReproError(f"method {method!r} is not defined in params.yaml "
                             f"(defined under methods: {', '.join(params['methods'])})")
+    method_cfg = dict(params["methods"][method])
+    method_train = method_cfg.pop("train", {})  # a method's own training settings (its tuned lr)
     return copy.deepcopy({
         "dataset": dataset,
         "data": params["datasets"][dataset],
         "backbone": params["backbone"],
         "regime": params.get("regime", "frozen"),
         "extract": params["extract"],
-        "method": {"name": method, **params["methods"][method]},
-        "train": params["train"],
+        "method": {"name": method, **method_cfg},
+        "train": {**params["train"], **method_train},
         "evaluation": {"ks": params["evaluation"]["ks"]},
     })
 
