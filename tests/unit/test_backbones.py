@@ -92,7 +92,7 @@ def test_lite0_attributes_and_frozen_module(lite0):
 
 
 def test_traced_runner_matches_eager(lite0):
-    runner = compile_for_inference(lite0, "cpu")
+    runner = compile_for_inference(lite0, "cpu", engine="torch")
     assert runner.mode == "jit-trace-freeze"
     x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 255
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_runner_falls_back_to_eager_when_tracing_fails(lite0, monkeypatch):
 
     monkeypatch.setattr(torch.jit, "trace", broken_trace)
     with pytest.warns(UserWarning, match="eager"):
-        runner = compile_for_inference(lite0, "cpu")
+        runner = compile_for_inference(lite0, "cpu", engine="torch")
     assert runner.mode == "eager"
     assert runner(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 1280)
 

@@ -359,6 +359,7 @@ def test_params_yaml_methods_build():
     for name, method in cfg["methods"].items():
         if method.get("loss") == "none":
             continue
+        method = {k: v for k, v in method.items() if k != "train"}  # its own training settings
         crit = build_criterion(method, 10, cfg["train"]["embedding_dim"], name=name)
         assert isinstance(crit, Criterion)
         built += 1

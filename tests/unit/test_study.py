@@ -215,7 +215,7 @@ tables:
 def test_run_naming_and_sharing(params):
     """Folders are named by the declaration (a preset by name), so rows declared alike share a run,
     and a `dvc exp run -S` on a params value can never rename one."""
-    assert params["train"]["lr"] == 1.0e-4 and params["train"]["embedding_dim"] == 512
+    params["train"].update({"lr": 1.0e-4, "embedding_dim": 512})  # the values NAMING's rows restate
     write_paper(params, NAMING)
     study = load_study(params)
     a, b = study.table("demo/a"), study.table("demo/b")
@@ -321,6 +321,8 @@ sweeps:
 
 def test_sweep_expansion(tmp_path):
     params = study_params(tmp_path, datasets=("glyphs", "other"), seeds=(0, 1, 2))
+    params["train"]["lr"] = 1.0e-4  # the sweep's first point restates the default lr
+    params["methods"]["multi_similarity"].pop("train", None)
     write_paper(params, SWEEP)
     study = load_study(params)
     sweep = study.sweep("demo/lr")

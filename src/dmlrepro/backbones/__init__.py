@@ -9,9 +9,11 @@ A backbone is one registered factory ``(weights: str | None, input_size: int) ->
 features (B, feature_dim); the backbone's own input normalisation happens inside the module, so
 every caller feeds raw pixels. Modules are frozen (eval mode, no gradients).
 
-`compile_for_inference` wraps a backbone for fast batched inference: on CPU it traces and freezes
-it with TorchScript (about 2x faster than eager on a 2-core CPU at 112 px) and feeds channels_last
-input; on CUDA, or when tracing fails, it runs the eager module.
+`compile_for_inference` wraps a backbone for fast batched inference (`extract.engine`): on CPU,
+`auto` exports it to ONNX and runs ONNX Runtime (about 2.8x the traced TorchScript module at
+112 px on 2 cores), else OpenVINO at f32 precision, else TorchScript; every engine is checked
+against the eager module at start-up and falls back to torch when it disagrees. On CUDA it runs
+the eager module (see engines.py and benchmarks/results/extract.json).
 """
 from __future__ import annotations
 

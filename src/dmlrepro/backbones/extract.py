@@ -28,7 +28,8 @@ Output `.npz` (uncompressed, written atomically), for each split present in the 
   <split>_features float16 (views, n, D): views = 1 + train_views for "train", else 1
   <split>_labels   int64 (n,)
   <split>_rows     int64 (n,) manifest row indices (0-based data rows), in manifest order
-  meta             JSON string (0-d unicode array): backbone, weights, sizes, protocol, timing
+  meta             JSON string (0-d unicode array): backbone, weights, sizes, protocol, timing,
+                   inference engine used and its max |difference| from eager torch
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from PIL import Image
 
 from ..atomic import atomic_path
 from . import compile_for_inference, create_backbone, resolve_device, sha256_file
+from .engines import check_engine
 from ..errors import DmlReproError
 
 CENTRE_CROP_FRACTION = 224 / 256  # centre crop of an image resized to size*256/224 on its short side
@@ -58,6 +60,7 @@ DEFAULTS = {
     "seed": 0,
     "threads": 2,
     "input_size": None,
+    "engine": "auto",  # auto | torch | onnxruntime | openvino: an execution detail, like threads
 }
 
 
@@ -196,6 +199,7 @@ def _extract_settings(cfg: dict) -> dict:
         raise DmlReproError(f"extract.crop_scale must be [low, high] with 0 < low <= high <= 1, got {cfg['crop_scale']}")
     if input_size is not None and input_size < 32:
         raise DmlReproError(f"extract.input_size must be >= 32, got {input_size}")
+    engine = check_engine(cfg["engine"])  # a DmlReproError naming extract.engine and the allowed values
     return {
         "batch_size": batch_size,
         "train_views": train_views,
@@ -204,6 +208,7 @@ def _extract_settings(cfg: dict) -> dict:
         "seed": seed,
         "threads": threads,
         "input_size": input_size,
+        "engine": engine,
     }
 
 
@@ -218,7 +223,8 @@ def extract_features(
     """Extract features of every manifest image into `out_path` (.npz); return a summary dict.
 
     backbone_cfg: {name, weights}; extract_cfg: {batch_size=64, train_views=2, crop_scale=[0.5, 1],
-    flip=True, seed=0, threads=2, input_size=None}. Nothing is written unless extraction succeeds.
+    flip=True, seed=0, threads=2, input_size=None, engine="auto"} (engine: see compile_for_inference).
+    Nothing is written unless extraction succeeds.
     """
     dataset_dir, out_path = Path(dataset_dir), Path(out_path)
     settings = _extract_settings(extract_cfg)
@@ -241,7 +247,7 @@ def extract_features(
     torch.set_num_threads(settings["threads"])
     try:
         backbone = create_backbone(name, weights=(backbone_cfg or {}).get("weights"), input_size=size)
-        runner = compile_for_inference(backbone, device)
+        runner = compile_for_inference(backbone, device, engine=settings["engine"], threads=settings["threads"])
         arrays, seconds, n_views = _run(rows, splits, size, settings, backbone.feature_dim, runner, progress)
     finally:
         torch.set_num_threads(previous_threads)
@@ -267,7 +273,10 @@ def extract_features(
         "batch_size": settings["batch_size"],
         "threads": settings["threads"],
         "device": device,
+        "engine": settings["engine"],  # requested; `inference` is the engine used
         "inference": runner.mode,
+        "inference_version": runner.version,
+        "engine_max_abs_diff": float(f"{runner.max_abs_diff:.3g}"),  # vs eager torch, on a random batch
         "torch": torch.__version__,
         "images_per_s": round(rate, 2),
         "seconds": round(seconds, 3),

@@ -43,7 +43,7 @@ OVERRIDABLE = ("backbone", "regime", "extract", "method", "train", "evaluation")
 #: Keys that never change a result: excluded from every hash.
 NON_SEMANTIC = {
     "data": {"workers", "font_dirs", "root"},  # `fonts` (explicit files) counts: it picks the designs
-    "extract": {"batch_size", "threads"},
+    "extract": {"batch_size", "threads", "engine"},  # engines agree with torch within 1e-3 (checked)
     "train": {"threads"},
     "evaluation": {"threads", "test_every_epoch"},
 }
