@@ -95,7 +95,8 @@ def cmd_evaluate(params: dict, args) -> None:
     run = study.run(args.run)
     needs = study.needs[run.id]
     metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi or needs.nmi,
-                           paper_protocol=args.paper_protocol or needs.test_every_epoch)
+                           paper_protocol=args.paper_protocol or needs.test_every_epoch,
+                           last_epoch=args.last_epoch or needs.last_epoch)
     print(json.dumps(metrics["test"], indent=2))
     if not args.no_mlflow:
         from .reporting.tracking import log_evaluation
@@ -303,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute NMI (k-means) too (also on when a declared table shows NMI of this run)")
     p.add_argument("--paper-protocol", action="store_true",
                    help="also evaluate the best-on-test epoch (also on when a declared table asks for it)")
+    p.add_argument("--last-epoch", action="store_true",
+                   help="also evaluate the last epoch's weights (also on when a declared table asks for it)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-mlflow", action="store_true", help="do not log metrics.json to the training run")
     for name, fn, text in (("table", cmd_table, "build a paper table (.md, .csv) and log its runs to MLflow"),

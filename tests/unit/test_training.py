@@ -119,7 +119,8 @@ def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
     real = evaluation._split_metrics
     monkeypatch.setattr(evaluation, "_split_metrics", lambda head, feats, split, *a: searched.append(split) or
                         real(head, feats, split, *a))
-    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", nmi=False, paper_protocol=True)
+    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", nmi=False, paper_protocol=True,
+                                      last_epoch=True)
     assert searched == ["test"]
     history = {e["epoch"]: e for e in json.loads((tmp / "out/history.json").read_text())["epochs"]}
     assert metrics["val"] == history[metrics["best_epoch"]]["val"]
@@ -132,3 +133,20 @@ def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
     expected = evaluate_retrieval(emb, feats["test_labels"], ks=params["evaluation"]["ks"][:1] + [2, 4, 8],
                                   compute_nmi=False)
     assert metrics["test"] == pytest.approx(expected)
+
+
+def test_the_last_epoch_is_searched_only_when_asked_for(setup, monkeypatch):
+    from dmlrepro.evaluation import run as evaluation
+
+    params, run, tmp = setup
+    frozen.train_run(params, run, tmp / "out", "cpu")
+    searched = []
+    real = evaluation._split_metrics
+    monkeypatch.setattr(evaluation, "_split_metrics", lambda head, feats, split, *a: searched.append(split) or
+                        real(head, feats, split, *a))
+    assert "test_last_epoch" not in evaluation.evaluate_run(params, run, tmp / "out", "cpu")
+    assert searched == ["test"]
+    model = frozen.load_model(tmp / "out/model.pt")
+    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", last_epoch=True)
+    assert set(metrics["test_last_epoch"]) == set(metrics["test"])
+    assert searched == ["test", "test"] + (["test"] if model["last_epoch"] != model["best_epoch"] else [])

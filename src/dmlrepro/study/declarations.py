@@ -40,12 +40,14 @@ class Needs:
 
     nmi: bool = False  # NMI (k-means: the slow part of evaluation)
     test_every_epoch: bool = False  # test metrics each epoch (the papers' protocol)
+    last_epoch: bool = False  # test metrics of the last epoch's weights (one more full search)
 
     def train_flags(self) -> str:
         return "--test-every-epoch" if self.test_every_epoch else ""
 
     def evaluate_flags(self) -> str:
-        return " ".join(f for f, on in (("--nmi", self.nmi), ("--paper-protocol", self.test_every_epoch)) if on)
+        return " ".join(f for f, on in (("--nmi", self.nmi), ("--paper-protocol", self.test_every_epoch),
+                                        ("--last-epoch", self.last_epoch)) if on)
 
 
 @dataclass
@@ -342,6 +344,7 @@ def _expand_row(study, paper, name, tdecl, rdecl, i, path, datasets, seeds, prot
             needs = study.needs[run.id]
             needs.nmi |= col["metric"] == "nmi"
             needs.test_every_epoch |= "paper" in protocols
+            needs.last_epoch |= "last_epoch" in protocols
     return Row(rdecl["label"], rdecl["method"], rdecl.get("preset"), runs, dict(rdecl.get("published", {})))
 
 
@@ -381,5 +384,6 @@ def _expand_sweep(study: Study, paper: str, name: str, sdecl: dict, path: Path) 
             for run in runs:
                 study.needs[run.id].nmi |= sdecl["metric"] == "nmi"
                 study.needs[run.id].test_every_epoch |= sdecl.get("protocol", "honest") == "paper"
+                study.needs[run.id].last_epoch |= sdecl.get("protocol", "honest") == "last_epoch"
             points.append(SweepPoint(dataset, value, runs))
     return Sweep(paper, name, sdecl, seeds, points)
