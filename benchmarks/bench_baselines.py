@@ -145,7 +145,8 @@ def main() -> None:
                 chosen[m][key] = best["overrides"][key] if best["best"] - at_paper["best"] > args.tolerance else paper
 
         if args.stage in ("all", "convergence"):
-            jobs = [(m, {**schedule(e), **{k: v for k, v in chosen[m].items()}})
+            settings = {m: {k: v for k, v in chosen[m].items() if k not in schedule(1)} for m in args.methods}
+            jobs = [(m, {**schedule(e), **settings[m]})
                     for m in args.methods for e in (args.epochs, 2 * args.epochs)]
             print(f"stage convergence: {args.epochs} and {2 * args.epochs} epochs", flush=True)
             results = _run_all(params, jobs, args.workers)
