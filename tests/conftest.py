@@ -42,6 +42,9 @@ def tiny_params(methods=("frozen", "contrastive", "triplet", "npair", "multi_sim
                             "lr_milestones": [1], "threads": 1})
     params["seeds"] = list(seeds)
     params["methods"] = {m: params["methods"][m] for m in methods}
+    for method in params["methods"].values():  # a method's own schedule is shrunk too; its own lr stays
+        for key in ("epochs", "lr_milestones", "iterations_per_epoch", "batch_size", "m_per_class", "threads"):
+            method.get("train", {}).pop(key, None)
     return params
 
 
