@@ -17,7 +17,6 @@ the eager module (see engines.py and benchmarks/results/extract.json).
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import DmlReproError
+from ..hashing import sha256_file  # noqa: F401 - re-exported for the backbone modules
 from ..registry import Registry
 
 
@@ -86,14 +86,6 @@ def resolve_device(name: str = "auto") -> str:
                 )
         return name
     raise DmlReproError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _freeze(module: nn.Module) -> nn.Module:

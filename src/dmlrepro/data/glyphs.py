@@ -107,6 +107,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..atomic import atomic_path, write_json
 from ..errors import DmlReproError
+from ..hashing import sha256_file
 from . import DATASETS
 from .manifest import MANIFEST_NAME, write_manifest
 from .splits import split_classes
@@ -385,14 +386,6 @@ def find_font_files(font_dirs: Sequence[str], fonts: Sequence[str] | None = None
     return files, searched
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _QuietFontTools:
     """fontTools warns about harmless quirks (odd timestamps, glyf padding); keep stdout clean."""
 
@@ -460,7 +453,7 @@ def read_font_file(path: str | os.PathLike, requested: Sequence[int] | set[int])
     p = Path(path)
     req = requested if isinstance(requested, set) else set(requested)
     try:
-        digest = _sha256(p)
+        digest = sha256_file(p)
     except OSError as e:
         return [Face(file=str(path), index=0, status="excluded", reason=f"unreadable: {e}")]
     faces: list[Face] = []

@@ -70,7 +70,6 @@ import contextlib
 import fcntl
 import functools
 import getpass
-import hashlib
 import json
 import subprocess
 import sys
@@ -78,6 +77,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ..hashing import sha256_file
 from ..study.declarations import Sweep, Table
 from ..study.runs import Run, flatten as flatten_keys
 
@@ -157,14 +157,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
     """Nested config -> {dotted key: string} as MLflow params (lists as JSON)."""
     return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
             for k, v in flatten_keys(d, prefix).items()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now_ms() -> int:
@@ -284,7 +276,7 @@ class TrainingTracker:
         if not manifest.is_file():
             print(f"warning: no {manifest}; the MLflow run gets no dataset input", file=sys.stderr)
             return None
-        sha = file_sha256(manifest)
+        sha = sha256_file(manifest)
         dataset = Dataset(name=self.run.dataset, digest=sha[:16], source_type="local",
                           source=json.dumps({"uri": str(manifest.resolve())}),
                           profile=json.dumps({"manifest_sha256": sha}))
@@ -400,7 +392,7 @@ def log_evaluation(params: dict, run: Run, run_dir: Path) -> str | None:
             print(f"MLflow: training run {run_id} is not in {uri}; nothing logged", file=sys.stderr)
             return None
         _log_metrics(client, run_id, final_metrics(metrics))
-        client.set_tag(run_id, "metrics_sha256", file_sha256(metrics_file))
+        client.set_tag(run_id, "metrics_sha256", sha256_file(metrics_file))
         client.log_artifact(run_id, str(metrics_file))
     return run_id
 
@@ -423,7 +415,7 @@ def _run_payload(params: dict, run: Run) -> dict:
     history = json.loads((folder / "history.json").read_text("utf-8"))
     ts = _now_ms()
     values = [m for entry in history["epochs"] for m in epoch_metrics(entry, ts)] + final_metrics(metrics, ts)
-    return {"config_hash": metrics["config_hash"], "metrics_sha256": file_sha256(metrics_file),
+    return {"config_hash": metrics["config_hash"], "metrics_sha256": sha256_file(metrics_file),
             "training_run_id": history.get("mlflow_run_id") or "", "params": flatten(run.config), "metrics": values}
 
 
