@@ -9,8 +9,10 @@
 * ``label``: integer class id, ``0..C-1`` in class order (classes are numbered once over the
   whole dataset, so a label means the same class in every split).
 * ``class_name``: a human-readable class name; one name per label and one label per name.
-* ``split``: one of :data:`SPLITS` (``train``, ``val``, ``test``, and for query/gallery datasets
-  such as In-Shop ``query``, ``gallery``).
+* ``split``: one of :data:`SPLITS`: ``train``, ``val`` and the evaluation sets -- ``test``
+  (leave-one-out retrieval), or ``query`` and ``gallery`` (In-Shop: queries searched in the
+  gallery), or ``test_800``, ``test_1600``, ``test_2400`` (VehicleID's three test lists, each
+  evaluated leave-one-out on its own; an image in several lists has one row per list).
 
 Extra columns are allowed (kept in :attr:`Manifest.extra`); rows are written in the order
 given. Files are written atomically, so a killed job never leaves a half-written manifest.
@@ -31,11 +33,13 @@ from ..errors import DmlReproError
 
 MANIFEST_NAME = "manifest.csv"
 COLUMNS = ("path", "label", "class_name", "split")
-SPLITS = ("train", "val", "test", "query", "gallery")
+VEHICLEID_TEST_SPLITS = ("test_800", "test_1600", "test_2400")
+SPLITS = ("train", "val", "test", "query", "gallery", *VEHICLEID_TEST_SPLITS)
 #: Splits whose classes must not meet: training, validation (selection) and evaluation. Query and
-#: gallery share their classes by design (In-Shop), so they form one group with test.
-CLASS_DISJOINT_GROUPS = {"train": "train", "val": "val", "test": "evaluation", "query": "evaluation",
-                         "gallery": "evaluation"}
+#: gallery share their classes by design (In-Shop), and VehicleID's test lists may share theirs,
+#: so the evaluation splits form one group.
+CLASS_DISJOINT_GROUPS = {"train": "train", "val": "val",
+                         **{s: "evaluation" for s in SPLITS if s not in ("train", "val")}}
 
 
 def resolve_image_path(dataset_dir: str | os.PathLike, path: str | os.PathLike) -> Path:

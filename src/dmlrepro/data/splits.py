@@ -32,6 +32,27 @@ def _key(seed: int, cls: Hashable) -> bytes:
     return hashlib.sha256(f"{seed}:{cls}".encode("utf-8")).digest()
 
 
+def carve_validation(train_classes: Sequence[Hashable], val_fraction: float, seed: int = 0) -> set:
+    """The validation classes carved out of a training pool (see the module doc for the rule).
+
+    Used by :func:`split_classes` and by the official datasets, whose release fixes the
+    train/test partition. Raises ``ValueError`` on duplicate ids (also as strings), an empty pool
+    or ``val_fraction`` outside ``[0, 1)``.
+    """
+    pool = list(train_classes)
+    if not pool:
+        raise ValueError("the training pool is empty")
+    if len(set(map(str, pool))) != len(pool):
+        raise ValueError("class ids must be unique as strings (they seed the validation choice)")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(round(val_fraction * len(pool)))
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(pool) - 1)  # keep at least one training class
+    return set(sorted(pool, key=lambda c: _key(seed, c))[:n_val]) if n_val > 0 else set()
+
+
 def split_classes(
     class_ids: Sequence[Hashable], val_fraction: float, seed: int = 0
 ) -> dict[Hashable, str]:
@@ -45,17 +66,8 @@ def split_classes(
         raise ValueError("class ids must be unique")
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes for a train/test split, got {len(classes)}")
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n_train = len(classes) // 2
-    pool = classes[:n_train]
-    n_val = int(round(val_fraction * n_train))
-    if val_fraction > 0:
-        n_val = max(1, n_val)
-    n_val = min(n_val, n_train - 1)  # keep at least one training class
-    if len(set(map(str, pool))) != len(pool):
-        raise ValueError("class ids must be unique as strings (they seed the validation choice)")
-    val = set(sorted(pool, key=lambda c: _key(seed, c))[:n_val]) if n_val > 0 else set()
+    val = carve_validation(classes[:n_train], val_fraction, seed)
     out: dict[Hashable, str] = {}
     for i, c in enumerate(classes):
         out[c] = (VAL if c in val else TRAIN) if i < n_train else TEST
