@@ -5,11 +5,18 @@ PYTHON ?= python3
 # the PyTorch CUDA index (see README).
 TORCH ?= torch==2.13.0
 CORES ?= all
+# The DVC remote that `make push` / `make pull` share datasets, features and models through (README:
+# Sharing a study): a local folder by default; any DVC URL (s3://..., ssh://..., https://...) works.
+# SCOPE=--project writes .dvc/config (commit it: teammates' clones find the remote); SCOPE=--local
+# writes .dvc/config.local (this clone only, e.g. where the share is mounted elsewhere). DVC stores a
+# relative path relative to .dvc/ (../../dmlrepro-remote): a clone beside this one finds the same folder.
+REMOTE ?= ../dmlrepro-remote
+SCOPE ?= --project
 
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run install fonts test dvc-repro mlflow-ui clean-results
+.PHONY: run install fonts test dvc-repro mlflow-ui clean-results remote push pull
 
 run: install fonts
 	snakemake --cores $(CORES)
@@ -41,3 +48,21 @@ mlflow-ui: install
 
 clean-results:
 	rm -rf results .dmlrepro/checkpoints .snakemake/metadata
+
+remote: install
+	@case "$(REMOTE)" in *://*) ;; *) mkdir -p "$(REMOTE)" ;; esac
+	dvc remote add $(SCOPE) --default --force storage "$(REMOTE)"
+	@dvc remote list
+
+# Upload what dvc.lock records (datasets, features, models); then commit and push git (dvc.lock and the
+# metrics, histories and tables under results/), so a clone's commit names exactly what was pushed.
+push: install
+	dmlrepro push
+
+# Fetch, verify (md5 of every object) and check out what this commit's dvc.lock records, then
+# `snakemake --touch`: the pulled files have new modification times, which Snakemake would otherwise
+# take for changed inputs and retrain everything; dmlrepro pull has checked that `dvc status` is clean.
+# --forceall records Snakemake's metadata for every job, so a later params.yaml change reruns what it should.
+pull: install
+	dmlrepro pull
+	snakemake --touch --forceall --cores 1 --quiet

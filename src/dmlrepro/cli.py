@@ -97,7 +97,7 @@ def cmd_evaluate(params: dict, args) -> None:
     metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi or needs.nmi,
                            paper_protocol=args.paper_protocol or needs.test_every_epoch,
                            last_epoch=args.last_epoch or needs.last_epoch)
-    print(json.dumps(metrics["test"], indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "val" and isinstance(v, dict)}, indent=2))
     if not args.no_mlflow:
         from .reporting.tracking import log_evaluation
 
@@ -159,7 +159,16 @@ def cmd_list(params: dict, args) -> None:
         study = _study(params)
         print("\n".join([*(f"table  {r}" for r in study.tables), *(f"figure {r}" for r in study.sweeps)]))
         return
-    registries = {"backbones": BACKBONES, "losses": LOSSES, "miners": MINERS, "dataset-kinds": DATASETS}
+    if args.what == "dataset-kinds":
+        for kind in DATASETS.names():
+            meta = DATASETS.metadata(kind)
+            entries = [f"{n}" + ("" if e.get("root") or kind == "glyphs" else " (no root set)")
+                       for n, e in params["datasets"].items() if e.get("kind") == kind]
+            where = meta.get("published_at") or f"stand-in for {meta.get('stand_in_for', '')}"
+            print(f"{kind:10s} {meta['protocol']:28s} R@{','.join(map(str, meta.get('ks') or params['evaluation']['ks']))}"
+                  f"  {where}\n{'':10s} params.yaml: {', '.join(entries) or '(none)'}")
+        return
+    registries = {"backbones": BACKBONES, "losses": LOSSES, "miners": MINERS}
     print("\n".join(registries[args.what].names()))
 
 
@@ -221,6 +230,10 @@ def cmd_dvc_commit(params: dict, args) -> None:
         raise DmlReproError("dvc.yaml does not match params.yaml and the declarations, so DVC would record other "
                             "stages; run `dmlrepro dvc-yaml`, then `dvc commit --force`")
     stages = [] if args.all else _built_stages(params)  # [] when every stage is built: one fast call
+    if stages is None:
+        print("nothing dvc.yaml versions is built yet (a target outside params.yaml's `tables:`/`figures:`, "
+              "which DVC does not version: add it there and run `dmlrepro dvc-yaml` to version it)")
+        return
     # DVC re-links the files it caches, which renews their modification times; Snakemake would then
     # see features newer than models and rerun everything, so the times are put back.
     times = _modification_times(Path(params["paths"]["data"]), Path("results"))
@@ -245,7 +258,7 @@ def _modification_times(*roots: Path) -> dict:
     return times
 
 
-def _built_stages(params: dict) -> list[str]:
+def _built_stages(params: dict) -> list[str] | None:
     """The dvc.yaml stages whose outputs all exist (a partial Snakemake build records only those)."""
     import yaml
 
@@ -256,9 +269,15 @@ def _built_stages(params: dict) -> list[str]:
         if all(Path(o).exists() for o in outs):
             built.append(name)
     if not built:
-        raise DmlReproError("no stage of dvc.yaml has all its outputs yet: nothing to record in DVC")
+        return None
     # DVC handles named targets one by one (about a second each); all of them is one call
     return [] if len(built) == len(stages) else built
+
+
+def cmd_share(params: dict, args) -> None:
+    from . import sharing
+
+    getattr(sharing, args.command)(Path("."), args.remote)
 
 
 def cmd_schema(params: dict, args) -> None:
@@ -325,13 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if the schema file is stale instead of writing it")
     p = add("dvc-commit", cmd_dvc_commit, "record a Snakemake build in dvc.lock (the Snakefile's onsuccess does)")
     p.add_argument("--all", action="store_true", help="commit every stage, not only those whose outputs exist")
+    for name, text in (("push", "upload the datasets, features and models dvc.lock records to the DVC remote"),
+                       ("pull", "fetch, md5-check, then check out what dvc.lock records (nothing changes on failure)")):
+        add(name, cmd_share, text).add_argument("--remote", help="a DVC remote's name (default: the default remote)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = load_params(args.params)
+        # `schema` regenerates what params.yaml is checked against: it must work on a params.yaml
+        # the stale schema rejects
+        params = None if args.fn is cmd_schema else load_params(args.params)
         start = time.time()
         args.fn(params, args)
         print(f"dmlrepro {args.command}: done in {time.time() - start:.1f}s", file=sys.stderr)

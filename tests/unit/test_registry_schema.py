@@ -33,7 +33,7 @@ def test_every_backbone_declares_its_input_contract():
 def test_every_dataset_kind_declares_its_protocol_and_a_valid_schema_fragment():
     for kind in DATASETS.names():
         meta = DATASETS.metadata(kind)
-        assert meta["protocol"] in ("leave_one_out", "query_gallery") and "train" in meta["splits"]
+        assert meta["protocol"] in ("leave_one_out", "query_gallery", "leave_one_out_per_test_list") and "train" in meta["splits"]
         jsonschema.Draft202012Validator.check_schema({"type": "object", "properties": meta["schema"]})
 
 

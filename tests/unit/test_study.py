@@ -735,3 +735,24 @@ def test_a_methods_train_block_is_checked_by_the_schema(params):
     params["methods"]["triplet"]["train"] = {"lrr": 1e-3}
     with pytest.raises(DmlReproError, match="unknown key methods.triplet.train.lrr"):
         validate_params(params)
+
+
+def test_a_column_moves_onto_the_real_benchmark_when_its_root_is_set(tmp_path):
+    """Stand-in by default, labelled as such; the user's copy of the real benchmark once its root is set."""
+    from dmlrepro.reporting.tables import column_header
+
+    params = study_params(tmp_path)
+    params["datasets"]["sop"] = {"kind": "sop", "root": None}
+    write_paper(params, "tables:\n  t:\n    columns: [{key: r1, dataset: glyphs, as: SOP, real: sop, "
+                        "metric: recall@1}]\n    rows: [{label: MS, method: multi_similarity}]\n")
+    table = load_study(params).tables["demo/t"]
+    assert {r.dataset for r in table.runs()} == {"glyphs"}
+    assert column_header(table.decl["columns"][0]) == "glyphs (SOP stand-in) recall@1"
+    params["datasets"]["sop"]["root"] = str(tmp_path / "Stanford_Online_Products")
+    table = load_study(params).tables["demo/t"]
+    assert {r.dataset for r in table.runs()} == {"sop"}
+    assert {tuple(r.config["evaluation"]["ks"]) for r in table.runs()} == {(1, 10, 100, 1000)}  # SOP's Recall@K
+    assert "stand-in" not in column_header(table.decl["columns"][0])
+    write_paper(params, "tables:\n  t:\n    columns: [{key: r1, dataset: glyphs, real: nope, metric: recall@1}]\n"
+                        "    rows: [{label: MS, method: multi_similarity}]\n")
+    assert "real dataset 'nope' is not defined" in _error(params)

@@ -116,9 +116,9 @@ def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
     params, run, tmp = setup
     frozen.train_run(params, run, tmp / "out", "cpu", test_every_epoch=True)
     searched = []
-    real = evaluation._split_metrics
-    monkeypatch.setattr(evaluation, "_split_metrics", lambda head, feats, split, *a: searched.append(split) or
-                        real(head, feats, split, *a))
+    real = evaluation.score_set
+    monkeypatch.setattr(evaluation, "score_set", lambda embed, feats, eset, *a: searched.append(eset.name) or
+                        real(embed, feats, eset, *a))
     metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", nmi=False, paper_protocol=True,
                                       last_epoch=True)
     assert searched == ["test"]
@@ -141,12 +141,74 @@ def test_the_last_epoch_is_searched_only_when_asked_for(setup, monkeypatch):
     params, run, tmp = setup
     frozen.train_run(params, run, tmp / "out", "cpu")
     searched = []
-    real = evaluation._split_metrics
-    monkeypatch.setattr(evaluation, "_split_metrics", lambda head, feats, split, *a: searched.append(split) or
-                        real(head, feats, split, *a))
+    real = evaluation.score_set
+    monkeypatch.setattr(evaluation, "score_set", lambda embed, feats, eset, *a: searched.append(eset.name) or
+                        real(embed, feats, eset, *a))
     assert "test_last_epoch" not in evaluation.evaluate_run(params, run, tmp / "out", "cpu")
     assert searched == ["test"]
     model = frozen.load_model(tmp / "out/model.pt")
     metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", last_epoch=True)
     assert set(metrics["test_last_epoch"]) == set(metrics["test"])
     assert searched == ["test", "test"] + (["test"] if model["last_epoch"] != model["best_epoch"] else [])
+
+
+def _multi_set_features(path, layout, per_class=6, dim=16, seed=0):
+    """Gaussian clusters: classes 0-7 train, 8-11 val, 12-17 evaluation, laid out as VehicleID's
+    nested test lists (2 / 4 / 6 classes) or In-Shop's query and gallery (half of each class's images)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(18, dim)) * 3
+    labels = np.repeat(np.arange(18), per_class)
+    x = (centres[labels] + rng.normal(size=(len(labels), dim))).astype(np.float16)
+    first_half = np.tile(np.arange(per_class) < per_class // 2, 18)
+    keeps = {"train": labels < 8, "val": (labels >= 8) & (labels < 12)}
+    if layout == "vehicleid":
+        keeps.update({"test_800": (labels >= 12) & (labels < 14), "test_1600": (labels >= 12) & (labels < 16),
+                      "test_2400": labels >= 12})
+    else:
+        keeps.update({"query": (labels >= 12) & first_half, "gallery": (labels >= 12) & ~first_half})
+    arrays = {"meta": np.array(json.dumps({}))}
+    for split, keep in keeps.items():
+        arrays.update({f"{split}_features": x[keep][None], f"{split}_labels": labels[keep],
+                       f"{split}_rows": np.flatnonzero(keep)})
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return arrays
+
+
+@pytest.mark.parametrize("layout", ["vehicleid", "inshop"])
+def test_every_evaluation_set_is_scored_under_both_protocols(setup, layout):
+    """VehicleID: each test list on its own, leave-one-out; In-Shop: queries searched in the gallery
+    only. Expected values: independent searches with evaluate_retrieval on the kept weights."""
+    from dmlrepro.evaluation import run as evaluation
+    from dmlrepro.evaluation.metrics import evaluate_retrieval
+
+    params, run, tmp = setup
+    arrays = _multi_set_features(run.features.path(params), layout)
+    frozen.train_run(params, run, tmp / "out", "cpu", test_every_epoch=True)
+    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", paper_protocol=True, last_epoch=True)
+    model = frozen.load_model(tmp / "out/model.pt")
+    history = json.loads((tmp / "out/history.json").read_text())["epochs"]
+    ks = run.config["evaluation"]["ks"]
+
+    def search(which, query, gallery=None):
+        head = frozen.head_from_model(model, which)
+        q = frozen.embed(head, arrays[f"{query}_features"][0], "cpu")
+        if gallery is None:
+            return evaluate_retrieval(q, arrays[f"{query}_labels"], ks=ks, compute_nmi=False)
+        g = frozen.embed(head, arrays[f"{gallery}_features"][0], "cpu")
+        return evaluate_retrieval(q, arrays[f"{query}_labels"], g, arrays[f"{gallery}_labels"], ks=ks,
+                                  compute_nmi=False)
+
+    sets = {"test_800": ("test_800",), "test_1600": ("test_1600",), "test_2400": ("test_2400",)} \
+        if layout == "vehicleid" else {"test": ("query", "gallery")}
+    assert {k for k, v in metrics.items() if isinstance(v, dict)} == {"val"} | {
+        f"{name}{suffix}" for name in sets for suffix in ("", "_last_epoch", "_paper")}
+    for name, splits in sets.items():
+        assert metrics[name] == pytest.approx(search("best", *splits))
+        scores = [e[name]["recall@1"] for e in history]
+        best_on_test = 1 + scores.index(max(scores))  # the first epoch with the best score
+        assert metrics[f"{name}_best_epoch"] == best_on_test
+        assert metrics[f"{name}_paper"] == pytest.approx(search(f"{name}_best", *splits))
+        assert metrics[f"{name}_last_epoch"] == pytest.approx(search("last", *splits))
+    if layout == "inshop":  # the gallery mode: a query never finds itself, so R@1 < 1 is possible
+        assert metrics["test"]["recall@1"] <= 1.0

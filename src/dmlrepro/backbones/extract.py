@@ -367,6 +367,21 @@ class FeatureSet(dict):
         )
 
 
+def feature_splits(path: Path) -> list[str]:
+    """The splits a features file holds, read from its index (no array is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmlReproError(
+            f"features file {path} does not exist; run `dmlrepro extract --features {path.parent.name}/{path.stem}` first"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return sorted(k[: -len("_features")] for k in data.files if k.endswith("_features"))
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+        raise DmlReproError(f"cannot read features file {path} ({exc}); delete it and run "
+                            f"`dmlrepro extract --features {path.parent.name}/{path.stem}`") from None
+
+
 def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> FeatureSet:
     """Load a features file: {<split>_features (float16), <split>_labels, <split>_rows, meta (dict)}.
 

@@ -34,4 +34,4 @@ def prepare_dataset(name: str, cfg: dict, out_dir: str | os.PathLike) -> dict:
 
 
 # Import the kinds so they register (after DATASETS exists: they import it from here).
-from . import glyphs  # noqa: E402,F401
+from . import glyphs, cub200, cars196, sop, inshop, vehicleid  # noqa: E402,F401

@@ -109,8 +109,8 @@ from ..atomic import atomic_path, write_json
 from ..errors import DmlReproError
 from ..hashing import sha256_file
 from . import DATASETS
-from .manifest import MANIFEST_NAME, write_manifest
-from .splits import split_classes
+from .manifest import MANIFEST_NAME, VEHICLEID_TEST_SPLITS, write_manifest
+from .splits import TEST, split_classes
 
 # The Debian packages of the default glyph benchmark (28 designs over about 1,900 ideographs).
 # workflow/scripts/fetch_fonts.sh reads this list: keep it the one source of truth.
@@ -169,8 +169,15 @@ DEFAULTS: dict[str, Any] = {
     "duplicate_threshold": 0.88, # median probe correlation above which two faces are one design (step 5)
     "probe_count": 64,
     "exclude": ["AoyagiKouzanT*"],  # file-name globs; fonts-aoyagi-kouzan-t has gaps
-    "seed": 0,                   # seeds the validation class choice
+    "seed": 0,                   # seeds the validation class choice and the jittered views
     "workers": None,             # processes; None = os.cpu_count()
+    # The stand-in shapes (SOP, In-Shop, VehicleID, Cars): which characters are classes, how many
+    # images each, how the test classes are evaluated (see manifest_rows).
+    "missing_designs": [0, 0],   # a class is a character that between [min, max] kept designs do not draw
+    "views_per_design": 1,       # images per (class, design): the rendering, then jittered views
+    "test_classes": None,        # None: the second half of the classes; else this many (the last ones)
+    "test_split": "leave_one_out",  # leave_one_out | query_gallery | vehicleid
+    "ks": None,                  # Recall@K of this dataset (None: evaluation.ks)
 }
 
 # A seconds-fast fixture for tests on any machine: letters in the DejaVu fonts (GUIDE: every
@@ -211,7 +218,8 @@ def _cfg_error(key: str, why: str) -> DmlReproError:
 def resolve_config(cfg: dict) -> dict:
     """``cfg`` with defaults filled in and values checked (:class:`DmlReproError` on a bad value)."""
     out = dict(DEFAULTS)
-    out.update({k: v for k, v in cfg.items() if v is not None or k in ("max_classes", "fonts", "workers")})
+    out.update({k: v for k, v in cfg.items()
+                if v is not None or k in ("max_classes", "fonts", "workers", "test_classes", "ks")})
     for key in ("image_size", "min_designs", "probe_count", "seed"):
         v = out[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < (16 if key == "image_size" else 0):
@@ -241,6 +249,19 @@ def resolve_config(cfg: dict) -> dict:
         if isinstance(v, (str, os.PathLike)) or not all(isinstance(x, (str, os.PathLike)) for x in v):
             raise _cfg_error("fonts", f"expected a list of font file paths, got {v!r}")
         out["fonts"] = [str(x) for x in v]
+    md = out["missing_designs"]
+    if (not isinstance(md, (list, tuple)) or len(md) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                      and x >= 0 for x in md) or md[0] > md[1]):
+        raise _cfg_error("missing_designs", f"expected [min, max] with 0 <= min <= max, got {md!r}")
+    out["missing_designs"] = [int(md[0]), int(md[1])]
+    v = out["views_per_design"]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise _cfg_error("views_per_design", f"expected an integer >= 1, got {v!r}")
+    tc = out["test_classes"]
+    if tc is not None and (not isinstance(tc, int) or isinstance(tc, bool) or tc < 1):
+        raise _cfg_error("test_classes", f"expected null or an integer >= 1, got {tc!r}")
+    if out["test_split"] not in ("leave_one_out", "query_gallery", "vehicleid"):
+        raise _cfg_error("test_split", f"expected leave_one_out, query_gallery or vehicleid, got {out['test_split']!r}")
     if not isinstance(out["characters"], str) or not out["characters"]:
         raise _cfg_error("characters", f"expected 'cjk', code point ranges or a string of characters, got {out['characters']!r}")
     return out
@@ -542,8 +563,10 @@ def render_ink(font: ImageFont.FreeTypeFont, char: str) -> Image.Image | None:
     return im.crop(box) if box else None
 
 
-def fit_ink(ink: Image.Image, image_size: int, fill: float = 0.85, nearest: bool = False) -> Image.Image:
-    """Scale ink so its larger side is ``fill * image_size``, centre it; black ink on white."""
+def fit_ink(ink: Image.Image, image_size: int, fill: float = 0.85, nearest: bool = False,
+            shift: tuple[float, float] = (0.0, 0.0)) -> Image.Image:
+    """Scale ink so its larger side is ``fill * image_size``, centre it (moved by ``shift``, fractions
+    in [-1, 1] of the free margin); black ink on white."""
     w, h = ink.size
     target = max(1, round(fill * image_size))
     scale = target / max(w, h)
@@ -551,8 +574,30 @@ def fit_ink(ink: Image.Image, image_size: int, fill: float = 0.85, nearest: bool
     if (nw, nh) != (w, h):
         ink = ink.resize((nw, nh), Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS)
     canvas = Image.new("L", (image_size, image_size), 0)
-    canvas.paste(ink, ((image_size - nw) // 2, (image_size - nh) // 2))
+    mx, my = (image_size - nw) // 2, (image_size - nh) // 2
+    canvas.paste(ink, (mx + round(shift[0] * mx), my + round(shift[1] * my)))
     return Image.eval(canvas, lambda v: 255 - v)
+
+
+def jittered_view(ink: Image.Image, image_size: int, fill: float, nearest: bool,
+                  rng: np.random.Generator) -> Image.Image:
+    """Another view of a glyph, as another photo of the same car: rotated by up to 12 degrees,
+    scaled to 70-100 % of ``fill`` and shifted within the free margin."""
+    ink = ink.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BICUBIC, expand=True, fillcolor=0)
+    box = ink.getbbox()
+    ink = ink.crop(box) if box else ink
+    return fit_ink(ink, image_size, fill * float(rng.uniform(0.7, 1.0)), nearest,
+                   shift=(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1))))
+
+
+def view_seed(seed: int, design_id: str, cp: int, view: int) -> list[int]:
+    """The generator key of one jittered view: independent of worker count and render order."""
+    design = int.from_bytes(hashlib.sha256(design_id.encode("utf-8")).digest()[:4], "big")
+    return [seed, design, cp, view]
+
+
+def image_name(cp: int, view: int) -> str:
+    return f"{cp:04x}.png" if view == 0 else f"{cp:04x}_{view}.png"
 
 
 def _notdef_ink(font: ImageFont.FreeTypeFont, notdef_char: int | None) -> Image.Image | None:
@@ -604,7 +649,7 @@ def _probe_face(args) -> tuple[np.ndarray | None, str]:
 
 def _render_chunk(args) -> tuple[int, list[tuple[int, str]]]:
     """Render some code points of one design into ``dest``; return (count, [(cp, why bad)])."""
-    file, index, bitmap_size, notdef_char, cps, image_size, fill, dest = args
+    file, index, bitmap_size, notdef_char, cps, image_size, fill, dest, views, seed = args
     font = open_face(file, index, bitmap_size or 2 * image_size)
     notdef = _notdef_ink(font, notdef_char)
     bad: list[tuple[int, str]] = []
@@ -621,7 +666,11 @@ def _render_chunk(args) -> tuple[int, list[tuple[int, str]]]:
         if _same(ink, notdef):
             bad.append((cp, "renders as .notdef"))
             continue
-        fit_ink(ink, image_size, fill, nearest=bitmap_size is not None).save(dest / f"{cp:04x}.png", format="PNG")
+        nearest = bitmap_size is not None
+        fit_ink(ink, image_size, fill, nearest).save(dest / image_name(cp, 0), format="PNG")
+        for view in range(1, views):
+            rng = np.random.default_rng(view_seed(seed, dest.name, cp, view))
+            jittered_view(ink, image_size, fill, nearest, rng).save(dest / image_name(cp, view), format="PNG")
     return len(cps), bad
 
 
@@ -795,11 +844,16 @@ SETTINGS_SCHEMA = {
     "exclude": {"type": "array", "items": {"type": "string"}},
     "seed": {"type": "integer", "minimum": 0},
     "workers": {"type": ["integer", "null"], "minimum": 1},
+    "missing_designs": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+    "views_per_design": {"type": "integer", "minimum": 1},
+    "test_classes": {"type": ["integer", "null"], "minimum": 1},
+    "test_split": {"enum": ["leave_one_out", "query_gallery", "vehicleid"]},
+    "ks": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1}, "minItems": 1},
 }
 
 
 @DATASETS.register("glyphs", protocol="leave_one_out", splits=["train", "val", "test"],
-                   stand_in_for="CUB-200-2011 / Cars196 (fine-grained, about 28 images per class)",
+                   stand_in_for="CUB-200-2011 (glyphs), Cars196, SOP, In-Shop, VehicleID (its settings give each shape)",
                    schema=SETTINGS_SCHEMA)
 def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
     """Build the glyphs dataset in ``out_dir`` (see the module doc); returns the info.json dict."""
@@ -944,20 +998,28 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
         n = len(designs)
         for f, s in zip(designs, covered):
             f.limits_classes = sum(1 for cp, c in counts.items() if c == n - 1 and cp not in s)
-        classes = all_common[: cfg["max_classes"]] if cfg["max_classes"] else list(all_common)
+        lo, hi = cfg["missing_designs"]
+        eligible = sorted(cp for cp, c in counts.items() if lo <= n - c <= hi)
+        if len(eligible) < 2:
+            raise DmlReproError(f"glyphs: only {len(eligible)} character(s) are missing from between {lo} and {hi} "
+                                f"of the {n} designs; widen `missing_designs` or `characters`")
+        classes = eligible[: cfg["max_classes"]] if cfg["max_classes"] else eligible
+        drawn_by = [[cp for cp in classes if cp in s] for s in covered]
 
         # 7. render (atomically) -------------------------------------------------------------
         with atomic_path(out_dir) as tmp:
             img_root = tmp / "images"
             tasks = []
-            chunk = 256
-            for f in designs:
+            chunk = max(1, 256 // cfg["views_per_design"])
+            for f, cps in zip(designs, drawn_by):
                 (img_root / f.design_id).mkdir(parents=True)
-                for s in range(0, len(classes), chunk):
-                    tasks.append((f.file, f.index, f.bitmap_size, f.notdef_char, classes[s:s + chunk],
-                                  cfg["image_size"], cfg["fill"], str(img_root / f.design_id)))
-            with _progress(len(designs) * len(classes), "glyphs: rendering", "img") as bar:
-                rendered = _map(pool, _render_chunk, tasks, bar, weight=lambda t: len(t[4]))
+                for s in range(0, len(cps), chunk):
+                    tasks.append((f.file, f.index, f.bitmap_size, f.notdef_char, cps[s:s + chunk],
+                                  cfg["image_size"], cfg["fill"], str(img_root / f.design_id),
+                                  cfg["views_per_design"], cfg["seed"]))
+            n_images = sum(map(len, drawn_by)) * cfg["views_per_design"]
+            with _progress(n_images, "glyphs: rendering", "img") as bar:
+                rendered = _map(pool, _render_chunk, tasks, bar, weight=lambda t: len(t[4]) * t[8])
             timings["render"] = time.time() - t0 - sum(timings.values())
             dropped: dict[int, str] = {}
             for task, (_, bad) in zip(tasks, rendered):
@@ -966,20 +1028,22 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
             if dropped:
                 for f in designs:
                     for cp in dropped:
-                        (img_root / f.design_id / f"{cp:04x}.png").unlink(missing_ok=True)
+                        for view in range(cfg["views_per_design"]):
+                            (img_root / f.design_id / image_name(cp, view)).unlink(missing_ok=True)
                 classes = [cp for cp in classes if cp not in dropped]
             if len(classes) < 2:
                 raise DmlReproError(f"glyphs: only {len(classes)} class(es) left after rendering; "
                                     "widen `characters` or raise `max_classes`")
 
-            split_of = split_classes(classes, cfg["val_fraction"], seed=cfg["seed"])
-            rows = []
-            for label, cp in enumerate(classes):
-                for f in designs:
-                    rows.append({"path": f"images/{f.design_id}/{cp:04x}.png", "label": label,
-                                 "class_name": f"U+{cp:04X}", "split": split_of[cp]})
+            rows = manifest_rows(classes, designs, covered, cfg)
             write_manifest(tmp / MANIFEST_NAME, rows)
-            n_cls = {s: sum(1 for v in split_of.values() if v == s) for s in ("train", "val", "test")}
+            split_counts = {s: {"classes": set(), "images": 0} for s in ("train", "val")}
+            for row in rows:
+                c = split_counts.setdefault(row["split"], {"classes": set(), "images": 0})
+                c["classes"].add(row["label"])
+                c["images"] += 1
+            n_cls = {s: len(c["classes"]) for s, c in split_counts.items()}
+            n_img = {s: c["images"] for s, c in split_counts.items()}
             info = {
                 "kind": "glyphs",
                 "characters": cfg["characters"],
@@ -999,11 +1063,12 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
                     "faces_merged": merged,
                     "faces_excluded": sum(1 for f in faces if f.status == "excluded"),
                     "classes": {**n_cls, "total": len(classes)},
-                    "images": {**{s: c * len(designs) for s, c in n_cls.items()}, "total": len(rows)},
+                    "images": {**n_img, "total": len(rows), "files": len({r["path"] for r in rows})},
+                    "images_per_class": round(len({r["path"] for r in rows}) / len(classes), 2),
                 },
                 "fonts": [f.record() for f in faces],
                 "font_dirs": searched,
-                "settings": {k: v for k, v in cfg.items() if k != "workers"},  # output is independent of it
+                "settings": {k: v for k, v in cfg.items() if k not in ("workers", "ks")},  # the images do not depend on them
                 "versions": _versions(),
             }
             write_json(tmp / "info.json", info)
@@ -1014,6 +1079,46 @@ def prepare_glyphs(cfg: dict, out_dir: str | os.PathLike) -> dict:
 
     _report(info, faces, designs, timings, time.time() - t0, out_dir)
     return info
+
+
+def manifest_rows(classes: Sequence[int], designs: Sequence[Face], covered: Sequence[set], cfg: dict) -> list[dict]:
+    """The manifest rows: every (class, design that draws it, view), its split decided by the class
+    (train pool / val / test, :func:`.splits.split_classes` with ``test_classes``) and, for test
+    classes, by ``test_split``:
+
+    * ``leave_one_out``: split ``test`` (CUB, Cars, SOP);
+    * ``query_gallery``: split ``query`` for the designs at even positions of the kept order,
+      ``gallery`` for the others (In-Shop: a class's images in some designs query its images in the
+      other designs);
+    * ``vehicleid``: three nested test lists, ``test_800`` (the first third of the test classes),
+      ``test_1600`` (two thirds) and ``test_2400`` (all): 800 / 1,600 / 2,400 classes when
+      ``test_classes`` is 2400, the same ratios otherwise; an image in several lists has a row in each.
+    """
+    try:
+        split_of = split_classes(classes, cfg["val_fraction"], seed=cfg["seed"], n_test=cfg["test_classes"])
+    except ValueError as exc:
+        raise _cfg_error("test_classes", str(exc)) from None
+    test = [cp for cp in classes if split_of[cp] == TEST]
+    position = {cp: i for i, cp in enumerate(test)}
+    bounds = [round(len(test) * k / 3) for k in (1, 2, 3)]
+    rows = []
+    for label, cp in enumerate(classes):
+        for d, (f, drawn) in enumerate(zip(designs, covered)):
+            if cp not in drawn:
+                continue
+            if split_of[cp] != TEST:
+                splits = [split_of[cp]]
+            elif cfg["test_split"] == "query_gallery":
+                splits = ["query" if d % 2 == 0 else "gallery"]
+            elif cfg["test_split"] == "vehicleid":
+                splits = [name for name, bound in zip(VEHICLEID_TEST_SPLITS, bounds) if position[cp] < bound]
+            else:
+                splits = [TEST]
+            for view in range(cfg["views_per_design"]):
+                for split in splits:
+                    rows.append({"path": f"images/{f.design_id}/{image_name(cp, view)}", "label": label,
+                                 "class_name": f"U+{cp:04X}", "split": split})
+    return rows
 
 
 def _read_font_file_args(args):
@@ -1035,9 +1140,9 @@ def _report(info: dict, faces: list[Face], designs: list[Face], timings: dict, s
         if f.status == "excluded":
             print(f"  left out {f.label():34s} {f.reason}")
     cl, im = c["classes"], c["images"]
-    print(f"glyphs: {cl['total']} classes (train {cl['train']}, val {cl['val']}, test {cl['test']}) "
-          f"of {info['common_characters']} common characters; {im['total']} images "
-          f"(train {im['train']}, val {im['val']}, test {im['test']}); "
+    per_split = ", ".join(f"{s} {cl[s]} classes / {im[s]} images" for s in cl if s != "total")
+    print(f"glyphs: {cl['total']} classes, {im['files']} images ({c['images_per_class']} per class; {per_split}); "
+          f"{info['common_characters']} characters drawn by every design; "
           f"{len(info['dropped_characters'])} characters dropped after rendering")
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
     print(f"glyphs: wrote {out_dir} in {seconds:.1f} s ({phases})")

@@ -54,19 +54,23 @@ def carve_validation(train_classes: Sequence[Hashable], val_fraction: float, see
 
 
 def split_classes(
-    class_ids: Sequence[Hashable], val_fraction: float, seed: int = 0
+    class_ids: Sequence[Hashable], val_fraction: float, seed: int = 0, n_test: int | None = None
 ) -> dict[Hashable, str]:
     """Map each class (in canonical order) to ``"train"``, ``"val"`` or ``"test"`` (see module doc).
 
-    Returns a dict in the input order. Raises ``ValueError`` on fewer than two classes, duplicate
-    class ids or ``val_fraction`` outside ``[0, 1)``.
+    ``n_test``: the number of test classes (the last ones; VehicleID-shaped sets test on fewer
+    classes than they train on); default ``n - n // 2``. Returns a dict in the input order. Raises
+    ``ValueError`` on fewer than two classes, duplicate class ids, ``n_test`` leaving no training
+    class or ``val_fraction`` outside ``[0, 1)``.
     """
     classes = list(class_ids)
     if len(set(classes)) != len(classes):
         raise ValueError("class ids must be unique")
     if len(classes) < 2:
         raise ValueError(f"need at least 2 classes for a train/test split, got {len(classes)}")
-    n_train = len(classes) // 2
+    if n_test is not None and not 1 <= n_test < len(classes):
+        raise ValueError(f"n_test must leave at least one training class: {n_test} of {len(classes)} classes")
+    n_train = len(classes) // 2 if n_test is None else len(classes) - n_test
     val = carve_validation(classes[:n_train], val_fraction, seed)
     out: dict[Hashable, str] = {}
     for i, c in enumerate(classes):

@@ -12,12 +12,11 @@ from pathlib import Path
 from .. import atomic
 from ..config import table_paths
 from ..errors import DmlReproError
+from ..evaluation.sets import metrics_block
 from ..study.declarations import PROTOCOLS, Table
 from ..study.runs import Run
 from .stats import format_cell, mean_ci
 
-#: Which block of metrics.json holds a protocol's test metrics.
-PROTOCOL_KEYS = {"honest": "test", "paper": "test_paper", "last_epoch": "test_last_epoch"}
 
 
 def read_metrics(params: dict, run: Run) -> dict:
@@ -33,7 +32,7 @@ def read_metrics(params: dict, run: Run) -> dict:
 
 def metric_value(params: dict, run: Run, protocol: str, split: str, metric: str) -> float:
     metrics = read_metrics(params, run)
-    block = "val" if split == "val" else PROTOCOL_KEYS[protocol]
+    block = "val" if split == "val" else metrics_block(split, protocol)
     if block not in metrics:
         raise DmlReproError(f"{run.dir(params) / 'metrics.json'} has no {block!r} metrics (protocol {protocol}); "
                             f"rerun the pipeline: the study now asks for them")

@@ -13,13 +13,15 @@ the first 16 hex digits of its manifest.csv's sha256, source = ``{"uri": <the ma
 as MLflow's local sources write it, profile = ``{"manifest_sha256": <all of it>}``) and these tags:
 ``run`` (the run id), ``config_hash``, ``method``, ``dataset``, ``backbone``, ``seed``,
 ``features`` (the features file), ``test_every_epoch``, ``git_commit`` (also as
-``mlflow.source.git.commit``), ``git_dirty`` (``git status --porcelain`` lists something) and
+``mlflow.source.git.commit``), ``git_dirty`` (``git status --porcelain`` lists something outside
+results/, whose metrics, histories and tables are committed outputs) and
 ``attempts``. Every epoch logs, with step = epoch, ``train_loss``, ``embedding_norm``, ``lr``,
 ``epoch_seconds`` and ``val_<metric>`` (``test_<metric>`` with --test-every-epoch; ``@`` is spelt
 ``_at_``, e.g. ``val_recall_at_1``) as the epoch ends. At the end model.pt and history.json are
-logged as artifacts and the run is FINISHED; `dmlrepro evaluate` then adds metrics.json, the
-final metrics (``final_<protocol>_<metric>``, ``best_epoch``, ``test_best_epoch``) and the tag
-``metrics_sha256``.
+logged as artifacts, the tags ``model_md5`` (DVC's hash of model.pt, as dvc.lock records it) and
+``model_path`` are set (:mod:`.provenance`) and the run is FINISHED; `dmlrepro evaluate` then adds
+metrics.json, the final metrics (``final_<protocol>_<metric>``, ``best_epoch``,
+``test_best_epoch``) and the tag ``metrics_sha256``.
 
 Statuses: FINISHED on success; FAILED on an exception (a diverged loss, a missing input, any
 error; the tag ``failure`` holds the message); KILLED on KeyboardInterrupt (SIGINT), SystemExit and
@@ -134,15 +136,22 @@ def ui_url(experiment_id: str, run_id: str | None = None, base: str = "") -> str
     return f"{base.rstrip('/')}/{page}{UI_QUERY}" if base else f"{page}{UI_QUERY}"
 
 
+# The pipeline's small outputs are committed to git (metrics, histories, tables; see .gitignore): a
+# build writing them does not make the tree dirty.
+_OUTPUTS_IN_GIT = ("results",)
+
+
 @functools.lru_cache(maxsize=None)
 def git_state(cwd: str | None = None) -> dict:
-    """{'git_commit': sha or 'unknown', 'git_dirty': 'true' | 'false' | 'unknown'}."""
+    """{'git_commit': sha or 'unknown', 'git_dirty': 'true' | 'false' | 'unknown'} (outputs under
+    results/ do not count as dirty)."""
     def git(*args):
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, cwd=cwd)
         return out.stdout if out.returncode == 0 else None
 
     try:
-        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--", ":/", *(f":(top,exclude){p}" for p in _OUTPUTS_IN_GIT))
     except (OSError, subprocess.TimeoutExpired):
         commit = status = None
     return {"git_commit": commit.strip() if commit else "unknown",
@@ -175,8 +184,9 @@ def epoch_metrics(entry: dict, timestamp: int | None = None) -> list:
     values = [Metric(name, float(entry[key]), ts, step) for key, name in
               (("loss", "train_loss"), ("embedding_norm", "embedding_norm"), ("lr", "lr"),
                ("seconds", "epoch_seconds")) if entry.get(key) is not None]
-    for split in ("val", "test"):
-        values += [Metric(_metric_name(split, k), float(v), ts, step) for k, v in entry.get(split, {}).items()]
+    for split, block in entry.items():  # val and every evaluation set (test, test_800 ...)
+        if isinstance(block, dict):
+            values += [Metric(_metric_name(split, k), float(v), ts, step) for k, v in block.items()]
     return values
 
 
@@ -185,11 +195,11 @@ def final_metrics(metrics: dict, timestamp: int | None = None) -> list:
     from mlflow.entities import Metric
 
     ts = _now_ms() if timestamp is None else timestamp
-    values = [Metric(_metric_name(f"final_{split}", k), float(v), ts, 0)
-              for split in ("val", "test", "test_last_epoch", "test_paper") for k, v in metrics.get(split, {}).items()]
-    for key in ("best_epoch", "test_best_epoch"):
-        if metrics.get(key) is not None:
-            values.append(Metric(key, float(metrics[key]), ts, 0))
+    values = [Metric(_metric_name(f"final_{block}", k), float(v), ts, 0)
+              for block, per_metric in metrics.items() if isinstance(per_metric, dict) for k, v in per_metric.items()]
+    for key, value in metrics.items():  # best_epoch and each set's best-on-test epoch (test_best_epoch ...)
+        if key.endswith("best_epoch") and value is not None:
+            values.append(Metric(key, float(value), ts, 0))
     return values
 
 
@@ -329,11 +339,17 @@ class TrainingTracker:
             _log_metrics(self.client, self.run_id, epoch_metrics(entry))
 
     def finish(self, out_dir: Path) -> None:
-        """Log model.pt and history.json and mark the run FINISHED."""
+        """Log model.pt and history.json, tag the model's DVC hash (model_md5, model_path: see
+        :mod:`.provenance`) and mark the run FINISHED."""
+        from .provenance import model_tags
+
+        tags = model_tags(Path(out_dir) / "model.pt")
         with store_lock(self.uri):
             for name in ("model.pt", "history.json"):
                 if (Path(out_dir) / name).is_file():
                     self.client.log_artifact(self.run_id, str(Path(out_dir) / name))
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)
             self.client.set_terminated(self.run_id, "FINISHED", end_time=_now_ms())
         self.finished = True
 

@@ -272,11 +272,11 @@ def _check_run(params: Mapping[str, Any], run: Run, where: str) -> None:
 
 
 def _check_nmi(metric: str, split: str, protocols, where: str) -> None:
-    """NMI (k-means) is computed on the test split, for the honest and the papers' protocols."""
+    """NMI (k-means) is computed on the evaluation sets, for the honest and the papers' protocols."""
     if metric != "nmi":
         return
-    if split != "test":
-        raise DmlReproError(f"{where}: NMI is computed on the test split only (not {split!r})")
+    if split == "val":
+        raise DmlReproError(f"{where}: NMI is computed on the evaluation sets only, not on 'val'")
     if "last_epoch" in protocols:
         raise DmlReproError(f"{where}: NMI is computed for the honest and paper protocols only, not last_epoch")
 
@@ -304,7 +304,28 @@ def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str,
     return _unique(runs)  # a training-free method is one run whatever the seed
 
 
+def has_root(params: Mapping[str, Any], dataset: str) -> bool:
+    """Whether a real benchmark's params.yaml entry points at the user's copy (`root:` set)."""
+    return bool((params["datasets"].get(dataset) or {}).get("root"))
+
+
+def _columns_on_real_data(params: Mapping[str, Any], tdecl: dict, where: str) -> dict:
+    """The table with each column that names a `real` benchmark moved onto it when the user has set
+    that benchmark's root; the others stay on their stand-in (labelled by `as`)."""
+    columns = []
+    for col in tdecl["columns"]:
+        real = col.get("real")
+        if real is not None and real not in params["datasets"]:
+            raise DmlReproError(f"{where} column {col['key']!r}: real dataset {real!r} is not defined in "
+                                f"params.yaml (datasets: {', '.join(params['datasets'])})")
+        if real is not None and has_root(params, real):
+            col = {**{k: v for k, v in col.items() if k != "as"}, "dataset": real, "stand_in": col["dataset"]}
+        columns.append(col)
+    return {**tdecl, "columns": columns}
+
+
 def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) -> Table:
+    tdecl = _columns_on_real_data(study.params, tdecl, f"{path} tables.{name}")
     seeds = _seeds(study.params, tdecl)
     keys = [c["key"] for c in tdecl["columns"]]
     if len(set(keys)) != len(keys):

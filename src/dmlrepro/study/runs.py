@@ -42,7 +42,8 @@ OVERRIDABLE = ("backbone", "regime", "extract", "method", "train", "evaluation")
 
 #: Keys that never change a result: excluded from every hash.
 NON_SEMANTIC = {
-    "data": {"workers", "font_dirs", "root"},  # `fonts` (explicit files) counts: it picks the designs
+    # `fonts` (explicit files) counts: it picks the designs; `ks` reaches the run as evaluation.ks
+    "data": {"workers", "font_dirs", "root", "ks"},
     "extract": {"batch_size", "threads", "engine"},  # engines agree with torch within 1e-3 (checked)
     "train": {"threads"},
     "evaluation": {"threads", "test_every_epoch"},
@@ -164,8 +165,34 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
         "extract": params["extract"],
         "method": {"name": method, **method_cfg},
         "train": {**params["train"], **method_train},
-        "evaluation": {"ks": params["evaluation"]["ks"]},
+        "evaluation": {"ks": dataset_ks(params, dataset)},
     })
+
+
+def ks_source(params: Mapping[str, Any], dataset: str) -> str:
+    """Where a dataset's Recall@K list comes from: its own `ks`, its kind's (the papers' Recall@K
+    for that benchmark, e.g. SOP's 1, 10, 100, 1000), else `evaluation.ks`."""
+    from ..data import DATASETS
+
+    entry = params["datasets"][dataset]
+    if entry.get("ks"):
+        return f"datasets.{dataset}.ks"
+    kind = entry.get("kind")
+    if kind in DATASETS and DATASETS.metadata(kind).get("ks"):
+        return f"kind:{kind}"
+    return "evaluation.ks"
+
+
+def dataset_ks(params: Mapping[str, Any], dataset: str) -> list[int]:
+    source = ks_source(params, dataset)
+    if source.startswith("kind:"):
+        from ..data import DATASETS
+
+        return list(DATASETS.metadata(source[5:])["ks"])
+    node = params
+    for part in source.split("."):
+        node = node[part]
+    return list(node)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """Train an embedding head on cached backbone features.
 
 Honest protocol: the best epoch is the one with the best validation score (a class-disjoint
-split carved from the training classes); the last epoch is kept too. With `test_every_epoch` the
-test split is scored every epoch as well and the best-on-test weights are kept, so the papers'
-protocol (best epoch chosen on test, as the authors' code reports) can be shown beside the honest
-one; test scores never influence the validation-selected model. A checkpoint is written
+split carved from the training classes); the last epoch is kept too. With `test_every_epoch` every
+evaluation set (:mod:`dmlrepro.evaluation.sets`: the test split, In-Shop's query -> gallery, each of
+VehicleID's test lists) is scored every epoch as well and each set's best-on-test weights are kept
+(``<set>_best_state``), so the papers' protocol (best epoch chosen on test, as the authors' code
+reports) can be shown beside the honest one; test scores never influence the
+validation-selected model. A checkpoint is written
 after every epoch, outside the declared outputs, so a killed run resumes where it stopped and
 ends with the same metrics: every random draw of epoch k is a function of (seed, k). The batches
 and view choices use their own generators keyed on (seed, k), and the global torch, numpy and
@@ -27,15 +29,16 @@ import numpy as np
 import torch
 
 from .. import atomic
-from ..backbones.extract import load_features
+from ..backbones.extract import feature_splits, load_features
 from ..errors import DmlReproError
 from ..evaluation.metrics import evaluate_retrieval
+from ..evaluation.sets import evaluation_sets, score_set
 from ..methods import build_criterion
 from ..study.runs import Run
 from .heads import EmbeddingHead, IdentityHead
 from .sampler import MPerClassBatchSampler
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 def seed_everything(seed: int) -> None:
@@ -106,16 +109,16 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
     mcfg = {k: v for k, v in cfg["method"].items() if k != "name"}
     ks = cfg["evaluation"]["ks"]
     set_threads(tcfg.get("threads", 1))
-    splits = ("train", "val", "test") if test_every_epoch else ("train", "val")
-    feats = load_features(run.features.path(params), splits=splits)
+    feat_path = run.features.path(params)
+    test_sets = evaluation_sets(feature_splits(feat_path), str(feat_path)) if test_every_epoch else []
+    feats = load_features(feat_path, splits=dict.fromkeys(["train", "val", *(s for t in test_sets for s in t.splits)]))
     train_x, train_y = feats["train_features"], feats["train_labels"]
     val_x, val_y = feats["val_features"][0], feats["val_labels"]
 
     def scores(head) -> dict:
         scored = {"val": evaluate_retrieval(embed(head, val_x, device), val_y, ks=ks, compute_nmi=False)}
-        if test_every_epoch:
-            scored["test"] = evaluate_retrieval(embed(head, feats["test_features"][0], device), feats["test_labels"],
-                                                ks=ks, compute_nmi=False)
+        for eset in test_sets:
+            scored[eset.name] = score_set(lambda x: embed(head, x, device), feats, eset, ks)
         return scored
 
     in_dim = train_x.shape[-1]
@@ -124,8 +127,8 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         head = make_head("identity", in_dim, in_dim)
         model = {"head_kind": "identity", "in_dim": in_dim, "out_dim": in_dim, "best_state": {}, "last_state": {},
                  "best_epoch": 0, "last_epoch": 0}
-        if test_every_epoch:
-            model.update({"test_best_state": {}, "test_best_epoch": 0})
+        for eset in test_sets:
+            model.update({f"{eset.name}_best_state": {}, f"{eset.name}_best_epoch": 0})
         history = {"config_hash": cfg_hash, "epochs": [{"epoch": 0, "loss": None, **scores(head)}], "best_epoch": 0}
         if tracker is not None:
             model["mlflow_run_id"] = history["mlflow_run_id"] = tracker.start(None)
@@ -164,7 +167,7 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
     else:
         history = {"config_hash": cfg_hash, "epochs": []}
         best = {"epoch": 0, "score": -1.0, "state": None}
-        test_best = {"epoch": 0, "score": -1.0, "state": None}
+        test_best = {eset.name: {"epoch": 0, "score": -1.0, "state": None} for eset in test_sets}
         start = 1
     mlflow_run_id = tracker.start(state and state.get("mlflow_run_id"), history["epochs"]) if tracker else None
 
@@ -204,8 +207,10 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
             tracker.log_epoch(entry)
         if scored["val"][selection] > best["score"]:
             best = {"epoch": epoch, "score": scored["val"][selection], "state": copy.deepcopy(head.state_dict())}
-        if test_every_epoch and scored["test"][selection] > test_best["score"]:
-            test_best = {"epoch": epoch, "score": scored["test"][selection], "state": copy.deepcopy(head.state_dict())}
+        for name, kept in test_best.items():
+            if scored[name][selection] > kept["score"]:
+                test_best[name] = {"epoch": epoch, "score": scored[name][selection],
+                                   "state": copy.deepcopy(head.state_dict())}
         print(f"epoch {epoch}/{tcfg['epochs']} loss {entry['loss']:.4f} val {selection} {scored['val'][selection]:.4f}",
               file=sys.stderr)
         _save_checkpoint(ckpt_path, {
@@ -221,9 +226,9 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
     model = {"head_kind": "linear", "in_dim": in_dim, "out_dim": out_dim,
              "best_state": best["state"], "last_state": head.state_dict(),
              "best_epoch": best["epoch"], "last_epoch": tcfg["epochs"]}
-    if test_every_epoch:
-        history["test_best_epoch"] = test_best["epoch"]
-        model.update({"test_best_state": test_best["state"], "test_best_epoch": test_best["epoch"]})
+    for name, kept in test_best.items():
+        history[f"{name}_best_epoch"] = kept["epoch"]
+        model.update({f"{name}_best_state": kept["state"], f"{name}_best_epoch": kept["epoch"]})
     if mlflow_run_id is not None:
         model["mlflow_run_id"] = history["mlflow_run_id"] = mlflow_run_id
     summary = _finish(out_dir, model, history, cfg, cfg_hash)
