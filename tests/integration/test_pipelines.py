@@ -353,3 +353,12 @@ def test_a_code_fix_reruns_the_same_jobs_under_both_engines(built):
     changed = {line.rstrip(":") for line in run(["dvc", "status"], ws).stdout.splitlines()
                if line and not line.startswith(("\t", " "))}
     assert changed == {"table-baselines-glyphs"}
+
+
+def test_dvc_commit_of_a_build_outside_the_selected_tables_is_a_note_not_an_error(tmp_path):
+    """`snakemake <a table params.yaml does not select>` ends in onsuccess's `dmlrepro dvc-commit`
+    with nothing of dvc.yaml built: that build is simply not versioned, and says so."""
+    ws = make_workspace(tmp_path, tiny_params())
+    result = run(["dmlrepro", "dvc-commit"], ws)
+    assert "nothing dvc.yaml versions is built yet" in result.stdout
+    assert not (ws / "dvc.lock").exists()
