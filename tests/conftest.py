@@ -29,9 +29,11 @@ def fixture_fonts() -> list[str]:
     return fonts
 
 
-def tiny_params(methods=("frozen", "contrastive", "triplet", "npair", "multi_similarity", "proxy_anchor"),
+def tiny_params(methods=("frozen", "contrastive", "triplet", "npair", "multi_similarity", "proxy_anchor",
+                         "contrastive_da", "npair_da", "triplet_da"),
                 seeds=(0, 1)) -> dict:
-    """params.yaml of the repository, shrunk to a seconds-long run."""
+    """params.yaml of the repository, shrunk to a seconds-long run (the default methods are those
+    the repository's declarations use, so they load in a workspace)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     glyphs = {"kind": "glyphs", "fonts": fixture_fonts(), "characters": FIXTURE_CHARS, "image_size": 40,
               "val_fraction": 0.25, "max_classes": None, "min_designs": 4, "duplicate_threshold": 0.98}

@@ -153,7 +153,8 @@ def cmd_list(params: dict, args) -> None:
         return _list_runs(params, args)
     if args.what == "methods":
         for name, m in params["methods"].items():
-            print(f"{name}: {m['loss']}" + (f" + miner {m['miner']}" if m.get("miner") else ""))
+            print(f"{name}: {m['loss']}" + (f" + miner {m['miner']}" if m.get("miner") else "")
+                  + "".join(f" + {r}" for r in m.get("regularizer") or {}))
         return
     if args.what == "tables":
         study = _study(params)

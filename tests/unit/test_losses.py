@@ -13,7 +13,7 @@ import yaml
 
 from dmlrepro.errors import DmlReproError
 from dmlrepro.training.heads import EmbeddingHead
-from dmlrepro.methods import LOSSES, MINERS, Criterion, allowed_args, build_criterion
+from dmlrepro.methods import LOSSES, MINERS, Criterion, CriterionWrapper, allowed_args, build_criterion
 
 ROOT = Path(__file__).resolve().parents[2]
 DT = torch.float64
@@ -361,7 +361,7 @@ def test_params_yaml_methods_build():
             continue
         method = {k: v for k, v in method.items() if k != "train"}  # its own training settings
         crit = build_criterion(method, 10, cfg["train"]["embedding_dim"], name=name)
-        assert isinstance(crit, Criterion)
+        assert isinstance(crit, (Criterion, CriterionWrapper))
         built += 1
     assert built >= 1
 
@@ -492,7 +492,8 @@ def test_builder_supplied_args_are_not_configurable():
         ({"loss": "triplet", "miner_args": {"margin": 0.1}}, "miner is not"),
         ({"loss": "proxy_anchor", "loss_lr_multiplier": -1}, "loss_lr_multiplier must be a positive"),
         ({"loss": "proxy_anchor", "loss_lr_multiplier": True}, "loss_lr_multiplier must be a positive"),
-        ({"loss": "triplet", "regularizer": "da"}, r"unknown key\(s\) 'regularizer'"),
+        ({"loss": "triplet", "augmenter": "iaa"}, r"unknown key\(s\) 'augmenter'"),
+        ({"loss": "triplet", "regularizer": "da"}, "regularizer must map regularizer names"),
         ({"loss_args": {}}, "has no 'loss'"),
         ({"loss": "npair", "loss_args": {"l2_reg": -0.1}}, "l2_reg must be >= 0"),
     ],

@@ -103,7 +103,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..atomic import atomic_path, write_json
 from ..errors import DmlReproError
@@ -581,8 +581,19 @@ def fit_ink(ink: Image.Image, image_size: int, fill: float = 0.85, nearest: bool
 
 def jittered_view(ink: Image.Image, image_size: int, fill: float, nearest: bool,
                   rng: np.random.Generator) -> Image.Image:
-    """Another view of a glyph, as another photo of the same car: rotated by up to 12 degrees,
-    scaled to 70-100 % of ``fill`` and shifted within the free margin."""
+    """Another view of a glyph, as another photo of the same car: strokes thickened or thinned
+    (a 5 px max/min filter at twice the image size, each a third of the time), sheared by up to
+    0.25 and stretched horizontally by 0.8-1.2, rotated by up to 12 degrees, scaled to 70-100 % of
+    ``fill`` and shifted within the free margin."""
+    stroke = int(rng.integers(0, 3))
+    if stroke:  # ink is white on black: a max filter thickens the strokes, a min filter thins them
+        ink = ink.filter(ImageFilter.MaxFilter(5) if stroke == 1 else ImageFilter.MinFilter(5))
+    shear, stretch = float(rng.uniform(-0.25, 0.25)), float(rng.uniform(0.8, 1.2))
+    w, h = ink.size
+    left = min(0.0, shear * h)  # x_out = stretch * x + shear * y, moved right by -left
+    size = (max(1, int(np.ceil(stretch * w + abs(shear) * h))), h)
+    ink = ink.transform(size, Image.Transform.AFFINE, (1 / stretch, -shear / stretch, left / stretch, 0, 1, 0),
+                        resample=Image.Resampling.BICUBIC, fillcolor=0)
     ink = ink.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BICUBIC, expand=True, fillcolor=0)
     box = ink.getbbox()
     ink = ink.crop(box) if box else ink

@@ -22,11 +22,17 @@ Extension point (IAA, DA, SGAR come later)
 ------------------------------------------
 :class:`Criterion` calls ``loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)``.
 
-* A *regulariser* (e.g. density adaptivity) wraps a base ``Criterion``::
+* A *regulariser* (e.g. density adaptivity, :mod:`.density`) wraps a base ``Criterion``::
 
       total = base(z, y) + w * R(z, y)
 
-  and forwards ``param_groups`` / ``lr_multiplier`` of the base plus its own parameters.
+  It is a :class:`CriterionWrapper` (Criterion's call signature; ``param_groups``, ``mine``,
+  ``supports_ref``... of the base plus its own parameters), registered in ``REGULARIZERS`` with
+  the JSON schema of its arguments, and configured under the method's ``regularizer:`` key::
+
+      methods.triplet_da: {loss: triplet, ..., regularizer: {density: {weight: 1.0, eta: 0.5}}}
+
+  :func:`build_criterion` builds the base, then wraps it once per ``regularizer`` entry.
 * An *augmenter* (IAA) synthesises extra embeddings and calls ``base(z, y, ref_emb=R,
   ref_labels=yR)``: only the ``z`` rows are anchors, the rows of ``R`` are the candidate
   positives/negatives. PML replaces (does not extend) the candidate set with ``ref_emb``, so ``R``
@@ -54,19 +60,25 @@ from ..registry import Registry
 __all__ = [
     "LOSSES",
     "MINERS",
+    "REGULARIZERS",
     "METHOD_KEYS",
     "Criterion",
+    "CriterionWrapper",
     "build_criterion",
     "allowed_args",
     "method_problems",
+    "method_labels",
 ]
 
 LOSSES: Registry = Registry("loss")
 MINERS: Registry = Registry("miner")
+#: ``fn(base: Criterion, args: dict) -> CriterionWrapper``; metadata ``schema`` (JSON-schema
+#: properties of its arguments, each with its ``default``) and ``label`` (how tables name it).
+REGULARIZERS: Registry = Registry("regularizer", ("schema", "label"))
 
 #: Keys of a ``methods.<name>`` block that :func:`build_criterion` consumes. Later method families
-#: (regularisers, augmenters) add their own keys and strip them before calling build_criterion.
-METHOD_KEYS = ("loss", "loss_args", "miner", "miner_args", "loss_lr_multiplier")
+#: (augmenters) add their own keys and strip them before calling build_criterion.
+METHOD_KEYS = ("loss", "loss_args", "miner", "miner_args", "loss_lr_multiplier", "regularizer")
 
 #: Constructor arguments that are PML plumbing (objects, not YAML values) or supplied by the
 #: builder itself; they are never accepted from ``loss_args`` / ``miner_args``.
@@ -171,10 +183,34 @@ def allowed_args(kind: str, name: str) -> Dict[str, Any]:
     return dict(registry.get(name).defaults)
 
 
+def regularizer_args(where: str, cfg: Any) -> Dict[str, Dict[str, Any]]:
+    """A method's ``regularizer`` block, validated: {name: its arguments with the defaults filled
+    in}. Unknown names or keys, wrong types and out-of-range values name the key."""
+    import jsonschema
+
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, Mapping):
+        raise DmlReproError(f"{where} must map regularizer names to their arguments, got {cfg!r}")
+    resolved = {}
+    for name, args in cfg.items():
+        schema = REGULARIZERS.metadata(name)["schema"]  # an unknown name lists the known ones
+        args = _resolve(f"{where}.{name}", args, {k: v["default"] for k, v in schema.items()}, {})
+        for e in jsonschema.Draft202012Validator({"properties": schema}).iter_errors(args):
+            key = ".".join(map(str, e.absolute_path))
+            raise DmlReproError(f"{where}.{name}.{key} = {e.instance!r}: {e.message}")
+        resolved[name] = args
+    return resolved
+
+
 def method_problems(method_cfg: Mapping[str, Any]) -> list:
-    """Problems in a method's ``loss_args`` / ``miner_args`` (typos, wrong types), found before any
-    training starts; [] when the method is sound."""
+    """Problems in a method's ``loss_args`` / ``miner_args`` / ``regularizer`` (typos, wrong types),
+    found before any training starts; [] when the method is sound."""
     problems = []
+    try:
+        regularizer_args("regularizer", method_cfg.get("regularizer"))
+    except DmlReproError as exc:
+        problems.append(str(exc))
     for kind, registry in (("loss", LOSSES), ("miner", MINERS)):
         name = method_cfg.get(kind)
         if name in (None, "none") or name not in registry:
@@ -429,9 +465,31 @@ class Criterion(torch.nn.Module):
         return f"name={self.name!r}, lr_multiplier={self.lr_multiplier}"
 
 
+class CriterionWrapper(torch.nn.Module):
+    """A method composed around a base :class:`Criterion` (DA's regulariser; IAA's augmenter and
+    SGAR later). ``forward`` keeps Criterion's signature; everything else is the base's, plus the
+    wrapper's own trainable parameters (at the base lr) if it has any."""
+
+    def __init__(self, base: torch.nn.Module):
+        super().__init__()
+        self.base = base
+
+    name = property(lambda self: self.base.name)
+    supports_ref = property(lambda self: self.base.supports_ref)
+    lr_multiplier = property(lambda self: self.base.lr_multiplier)
+    num_classes = property(lambda self: self.base.num_classes)
+
+    def mine(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        return self.base.mine(embeddings, labels, ref_emb, ref_labels)
+
+    def param_groups(self, lr: float) -> list:
+        own = [p for n, p in self.named_parameters() if not n.startswith("base.") and p.requires_grad]
+        return self.base.param_groups(lr) + ([{"params": own, "lr": lr, "name": f"wrapper:{self.name}"}] if own else [])
+
+
 def build_criterion(
     method_cfg: Mapping[str, Any], num_classes: int, embedding_dim: int, *, name: Optional[str] = None
-) -> Criterion:
+) -> torch.nn.Module:
     """Build the Criterion of one ``methods.<name>`` block of params.yaml.
 
     Keys: ``loss`` (required, a LOSSES name), ``loss_args`` (mapping, optional), ``miner``
@@ -439,6 +497,8 @@ def build_criterion(
     ``loss_lr_multiplier`` (optional positive number; default per loss: 100 for proxy_anchor,
     1 otherwise). ``num_classes`` = number of training classes (labels 0..C-1),
     ``embedding_dim`` = head output size. ``name`` only improves error messages.
+    ``regularizer`` (optional mapping, a REGULARIZERS name -> its arguments) wraps the base
+    Criterion in each regularizer in turn (a :class:`CriterionWrapper`).
     Seed torch before calling: Proxy-Anchor draws its proxies from the torch RNG.
     """
     where = f"methods.{name}" if name else "method"
@@ -477,7 +537,7 @@ def build_criterion(
     ):
         raise DmlReproError(f"{where}.loss_lr_multiplier must be a positive number, got {lr_mult!r}")
 
-    return Criterion(
+    criterion = Criterion(
         loss,
         miner,
         lr_multiplier=float(lr_mult),
@@ -485,3 +545,11 @@ def build_criterion(
         supports_ref=loss_entry.supports_ref,
         num_classes=getattr(loss, "num_classes", None),
     )
+    for reg_name, args in regularizer_args(f"{where}.regularizer", method_cfg.get("regularizer")).items():
+        criterion = REGULARIZERS.get(reg_name)(criterion, args)
+    return criterion
+
+
+def method_labels(method_cfg: Mapping[str, Any]) -> list:
+    """How tables and MLflow name what wraps the base loss, e.g. ['DA (reconstructed)']."""
+    return [REGULARIZERS.metadata(n)["label"] for n in (method_cfg.get("regularizer") or {}) if n in REGULARIZERS]

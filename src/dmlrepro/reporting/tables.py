@@ -78,12 +78,18 @@ def _legend(table: Table) -> str:
             "n = seeds per cell; 'paper' = the published number.")
 
 
+def _notes(table: Table) -> list[str]:
+    return [" ".join(note.split()) for note in table.decl.get("notes", [])]
+
+
 def render_markdown(table: Table, headers, blocks) -> str:
     lines = [f"# {table.ref}", "", table.caption, "", _legend(table), ""]
     for protocol, rows in blocks:
         lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
                   "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
                   *("| " + " | ".join(cells) + " |" for cells in rows), ""]
+    if _notes(table):
+        lines += ["Notes:", "", *(f"{i}. {note}" for i, note in enumerate(_notes(table), 1)), ""]
     return "\n".join(lines)
 
 
@@ -99,6 +105,8 @@ def render_html(table: Table, headers, blocks) -> str:
                      + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
         parts.append("</table>")
+    if _notes(table):
+        parts.append("<p>Notes:</p><ol>" + "".join(f"<li>{escape(n)}</li>" for n in _notes(table)) + "</ol>")
     return "".join(parts) + "</body></html>\n"
 
 

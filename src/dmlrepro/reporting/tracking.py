@@ -21,7 +21,9 @@ results/, whose metrics, histories and tables are committed outputs) and
 logged as artifacts, the tags ``model_md5`` (DVC's hash of model.pt, as dvc.lock records it) and
 ``model_path`` are set (:mod:`.provenance`) and the run is FINISHED; `dmlrepro evaluate` then adds
 metrics.json, the final metrics (``final_<protocol>_<metric>``, ``best_epoch``,
-``test_best_epoch``) and the tag ``metrics_sha256``.
+``test_best_epoch``) and the tag ``metrics_sha256``. A method that wraps its loss in a
+regulariser also gets the tag ``method_note`` (e.g. ``DA (reconstructed)``), here and on its
+table entries; the regulariser's arguments are params like every other key of the method.
 
 Statuses: FINISHED on success; FAILED on an exception (a diverged loss, a missing input, any
 error; the tag ``failure`` holds the message); KILLED on KeyboardInterrupt (SIGINT), SystemExit and
@@ -276,7 +278,7 @@ class TrainingTracker:
                 "backbone": run.backbone, "seed": str(run.seed), "features": str(run.features.path(self.params)),
                 "test_every_epoch": str(self.test_every_epoch).lower(), **git,
                 "mlflow.source.git.commit": git["git_commit"], "mlflow.source.name": "dmlrepro train",
-                "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
+                "mlflow.source.type": "LOCAL", "mlflow.user": _user(), **method_note(run)}
 
     def _dataset_input(self):
         from ..config import dataset_dir
@@ -375,6 +377,14 @@ class TrainingTracker:
         except Exception as err:  # the job's own error is what matters; never hide it
             print(f"warning: could not mark the MLflow run {status}: {err}", file=sys.stderr)
         return False
+
+
+def method_note(run: Run) -> dict:
+    """{'method_note': 'DA (reconstructed)'} for a method wrapped in a regulariser, else {}."""
+    from ..methods import method_labels
+
+    labels = method_labels(run.config["method"])
+    return {"method_note": ", ".join(labels)} if labels else {}
 
 
 def _user() -> str:
@@ -494,7 +504,8 @@ def log_target(params: dict, target: Table | Sweep) -> int:
                     "dataset": run.dataset, "backbone": run.backbone, "seed": str(run.seed), "run": run.id,
                     "config_hash": payload["config_hash"], "metrics_sha256": payload["metrics_sha256"],
                     "training_run_id": payload["training_run_id"], "training_experiment_id": training_exp,
-                    **git, "mlflow.source.git.commit": git["git_commit"], "mlflow.note.content": note}
+                    **git, "mlflow.source.git.commit": git["git_commit"], "mlflow.note.content": note,
+                    **method_note(run)}
             run_id = client.create_run(exp_id, tags=tags, run_name=f"{row}/{run.dataset}/seed{run.seed}").info.run_id
             _log_params(client, run_id, payload["params"])
             _log_metrics(client, run_id, payload["metrics"])

@@ -358,6 +358,12 @@ def _expand_row(study, paper, name, tdecl, rdecl, i, path, datasets, seeds, prot
     if bad:
         raise DmlReproError(f"{where}: published values for unknown columns {bad} (columns: {', '.join(keys)})")
     runs = {d: _resolve(study, study.papers[paper], paper, rdecl, d, seeds, where) for d in datasets}
+    from ..methods import method_labels
+
+    for label in method_labels(next(iter(runs.values()))[0].config["method"]):
+        if label not in rdecl["label"]:  # a reconstruction is never shown under the paper's name alone
+            raise DmlReproError(f"{where}: the row's method uses {label}; its label must say so "
+                                f"(e.g. {rdecl['label'] + ' + ' + label!r})")
     for col in tdecl["columns"]:
         _check_metric(col["metric"], runs[col["dataset"]][0].config["evaluation"]["ks"],
                       f"{path} tables.{name} column {col['key']!r}")
