@@ -37,6 +37,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+from dmlrepro.study.stages import job_counts  # noqa: E402
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
 REBUILT_RULES = {"table", "figure", "all"}
@@ -51,19 +53,6 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> tuple[float, subprocess
     return round(seconds, 2), result
 
 
-def job_stats(text: str) -> dict:
-    counts, in_table = {}, False
-    for line in text.splitlines():
-        if line.startswith("Job stats"):
-            in_table = True
-        elif in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            if parts and parts[0] == "total":
-                break
-    return counts
-
 
 def folder_size(path: Path) -> dict:
     files = [p for p in path.rglob("*") if p.is_file()]
@@ -72,7 +61,6 @@ def folder_size(path: Path) -> dict:
 
 def by_kind(ws: Path) -> dict:
     """dvc.lock's cached output sizes by kind: datasets, features, models."""
-    sys.path.insert(0, str(REPO / "src"))
     from dmlrepro.sharing import cached_outputs
 
     paths = yaml.safe_load((ws / "params.yaml").read_text())["paths"]
@@ -142,7 +130,7 @@ def teammate(ws: Path, tmp: Path, remote: Path, dmlrepro: str) -> dict:
         (clone / target).unlink()
     seconds, rebuilt = sh(["snakemake", "--cores", "2"], clone)
     out["rebuild_tables_s"] = seconds
-    out["rebuild_jobs"] = job_stats(rebuilt.stdout + rebuilt.stderr)
+    out["rebuild_jobs"] = job_counts(rebuilt.stdout + rebuilt.stderr)
     out["rebuild_ran_only_tables_and_figures"] = set(out["rebuild_jobs"]) - {"total"} <= REBUILT_RULES
     differ = [t for t in targets if (clone / t).read_bytes() != (ws / t).read_bytes()]
     out["tables_and_figures"] = len(targets)

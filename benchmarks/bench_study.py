@@ -33,21 +33,11 @@ def count_cells(study) -> dict:
             "runs_trained": len(study.runs_of(tables, sweeps))}
 
 
-def _job_stats(text: str) -> dict:
-    """The first 'Job stats' table of a dry run as {rule: count}."""
-    lines = text[text.index("Job stats"):].splitlines()[3:]
-    stats = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        stats[parts[0]] = int(parts[1])
-    return stats
-
 
 def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     from dmlrepro.config import load_params
+    from dmlrepro.study.stages import job_counts
     from dmlrepro.study import load_study
 
     params = load_params(REPO / "params.yaml")
@@ -69,7 +59,7 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             times.append(time.perf_counter() - t0)
         result["snakemake_dry_run_s"] = {"min": round(min(times), 2), "max": round(max(times), 2)}
-        result["snakemake_dry_run_jobs"] = _job_stats(out.stdout)
+        result["snakemake_dry_run_jobs"] = job_counts(out.stdout)
     out_dir = REPO / "benchmarks/results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "study.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dmlrepro.study.stages import job_counts
 from conftest import REPO, cli_env, make_workspace, run, tiny_params
 
 pytestmark = pytest.mark.integration
@@ -48,20 +49,6 @@ def test_snakemake_second_run_has_nothing_to_do(built):
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
-def _job_counts(dry_run_output: str) -> dict:
-    """Parse the 'Job stats' table of `snakemake -n` into {rule: count}."""
-    counts, in_table = {}, False
-    for line in dry_run_output.splitlines():
-        if line.startswith("Job stats"):
-            in_table = True
-        elif in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            if parts and parts[0] == "total":
-                break
-    return counts
-
 
 def test_snakemake_reruns_training_onward_when_a_hyperparameter_changes(built, tmp_path):
     ws, _ = built
@@ -70,7 +57,7 @@ def test_snakemake_reruns_training_onward_when_a_hyperparameter_changes(built, t
     other = tmp_path / "params.yaml"
     other.write_text(yaml.safe_dump(params))
     dry = run(["snakemake", "--cores", "2", "-n", "--configfile", str(other)], ws)
-    counts = _job_counts(dry.stdout + dry.stderr)
+    counts = job_counts(dry.stdout + dry.stderr)
     # 4 trained methods x 2 seeds: Multi-Similarity has its own lr (methods.multi_similarity.train.lr)
     # and the frozen backbone no training settings, so neither is rerun
     assert params["methods"]["multi_similarity"]["train"]["lr"] != 2e-4
@@ -233,7 +220,7 @@ def study(tmp_path_factory):
 
 def test_study_shares_runs_between_tables_and_the_sweep(study):
     ws, built = study
-    counts = _job_counts(built.stdout + built.stderr)
+    counts = job_counts(built.stdout + built.stderr)
     # 10 cells (a: 2x2, b: 2 rows x 2 protocols, sweep: 2 points) from 5 runs: frozen, contrastive
     # (in a and b), contrastive 128-d, and the sweep's two declared margins
     assert counts["train"] == 5 and counts["evaluate"] == 5 and counts["table"] == 2 and counts["figure"] == 1
@@ -348,7 +335,7 @@ def test_a_code_fix_reruns_the_same_jobs_under_both_engines(built):
     assert "up to date" in run(["dvc", "status"], ws).stdout  # the Snakefile's onsuccess recorded the build
     stats = ws / "src/dmlrepro/reporting/stats.py"
     stats.write_text(stats.read_text() + "\n# a code fix\n")
-    counts = _job_counts(run(["snakemake", "--cores", "2", "-n"], ws).stdout)
+    counts = job_counts(run(["snakemake", "--cores", "2", "-n"], ws).stdout)
     assert {k: v for k, v in counts.items() if k not in ("all", "total")} == {"table": 1}
     changed = {line.rstrip(":") for line in run(["dvc", "status"], ws).stdout.splitlines()
                if line and not line.startswith(("\t", " "))}

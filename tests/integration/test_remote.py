@@ -13,6 +13,7 @@ import yaml
 
 from conftest import REPO, make_workspace, run, tiny_params
 from dmlrepro.reporting.provenance import dvc_md5, lock_hashes
+from dmlrepro.study.stages import job_counts
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +30,6 @@ RUNS = "results/runs/glyphs/efficientnet_lite0"
 MODEL = f"{RUNS}/contrastive/seed0/model.pt"
 MAKE = ["make", "-o", "install"]  # the project's Makefile, with the test's interpreter instead of a new .venv
 
-
-def job_counts(output: str) -> dict:
-    """{rule: count} of Snakemake's 'Job stats' table."""
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("Job stats"):
-            in_table = True
-        elif in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            if parts and parts[0] == "total":
-                break
-    return counts
 
 
 def commit(ws: Path, message: str) -> str:

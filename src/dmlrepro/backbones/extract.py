@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -367,19 +368,29 @@ class FeatureSet(dict):
         )
 
 
-def feature_splits(path: Path) -> list[str]:
-    """The splits a features file holds, read from its index (no array is loaded)."""
-    path = Path(path)
+@contextmanager
+def _open_features(path: Path):
+    """np.load of a features file, with messages that say how to rebuild it when it is missing or unreadable."""
+    rebuild = f"dmlrepro extract --features {path.parent.name}/{path.stem}"
     if not path.is_file():
-        raise DmlReproError(
-            f"features file {path} does not exist; run `dmlrepro extract --features {path.parent.name}/{path.stem}` first"
-        )
+        raise DmlReproError(f"features file {path} does not exist; run `{rebuild}` first")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return sorted(k[: -len("_features")] for k in data.files if k.endswith("_features"))
+            yield data
+    except DmlReproError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
-        raise DmlReproError(f"cannot read features file {path} ({exc}); delete it and run "
-                            f"`dmlrepro extract --features {path.parent.name}/{path.stem}`") from None
+        raise DmlReproError(f"cannot read features file {path} ({exc}); delete it and run `{rebuild}`") from None
+
+
+def _splits_of(data) -> list[str]:
+    return sorted(k[: -len("_features")] for k in data.files if k.endswith("_features"))
+
+
+def feature_splits(path: Path) -> list[str]:
+    """The splits a features file holds, read from its index (no array is loaded)."""
+    with _open_features(Path(path)) as data:
+        return _splits_of(data)
 
 
 def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> FeatureSet:
@@ -388,21 +399,12 @@ def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> Feature
     float32 conversion is left to the caller. `splits` lists the splits to read, which must be present.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DmlReproError(
-            f"features file {path} does not exist; run `dmlrepro extract --features {path.parent.name}/{path.stem}` first"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            present = sorted(k[: -len("_features")] for k in data.files if k.endswith("_features"))
-            missing = sorted(set(splits or ()) - set(present))
-            wanted = set(splits) if splits else None  # read only the splits asked for (train is the bulk)
-            out = FeatureSet({k: data[k] for k in data.files
-                              if wanted is None or k == "meta" or k.rsplit("_", 1)[0] in wanted})
-    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
-        raise DmlReproError(
-            f"cannot read features file {path} ({exc}); delete it and run `dmlrepro extract --features {path.parent.name}/{path.stem}`"
-        ) from None
+    with _open_features(path) as data:
+        present = _splits_of(data)
+        missing = sorted(set(splits or ()) - set(present))
+        wanted = set(splits) if splits else None  # read only the splits asked for (train is the bulk)
+        out = FeatureSet({k: data[k] for k in data.files
+                          if wanted is None or k == "meta" or k.rsplit("_", 1)[0] in wanted})
     out.path = path
     if missing:
         raise DmlReproError(

@@ -11,20 +11,17 @@ brings it back).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import yaml
 
+from ..hashing import file_digest
 
-def dvc_md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+
+def dvc_md5(path: str | os.PathLike) -> str:
     """The hash DVC 3 records for a file: the plain md5 of its bytes."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def model_tags(model: str | os.PathLike) -> dict[str, str]:

@@ -67,3 +67,18 @@ def target_outputs(params: Mapping, target: Table | Sweep) -> list[str]:
 def selected_outputs(study: Study) -> list[str]:
     tables, sweeps = study.selected()
     return [p for t in [*tables, *sweeps] for p in target_outputs(study.params, t)]
+
+
+def job_counts(snakemake_output: str) -> dict:
+    """{rule: count} of the first 'Job stats' table Snakemake prints (a dry run's plan, a build's jobs)."""
+    counts, in_table = {}, False
+    for line in snakemake_output.splitlines():
+        if line.startswith("Job stats"):
+            in_table = True
+        elif in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            if parts and parts[0] == "total":
+                break
+    return counts
