@@ -11,17 +11,18 @@ import copy
 def generated_params_schema(current: dict) -> dict:
     from .backbones import BACKBONES
     from .data import DATASETS
-    from .methods import LOSSES, MINERS, REGULARIZERS
+    from .methods import LOSSES, MINERS, WRAPPER_KEYS
 
     schema = copy.deepcopy(current)
     schema["properties"]["backbone"]["properties"]["name"]["enum"] = BACKBONES.names()
     method = schema["$defs"]["method"]["properties"]
     method["loss"]["enum"] = ["none", *LOSSES.names()]
     method["miner"]["enum"] = [None, *MINERS.names()]
-    # wrappers around the base loss (DA's density term): each with its own arguments' schema
-    method["regularizer"] = {"type": "object", "additionalProperties": False, "properties": {
-        name: {"type": "object", "additionalProperties": False, "properties": REGULARIZERS.metadata(name)["schema"]}
-        for name in REGULARIZERS.names()}}
+    # wrappers around the base loss (IAA, SGAR, DA): each with its own arguments' schema
+    for key, registry in WRAPPER_KEYS.items():
+        method[key] = {"type": "object", "additionalProperties": False, "properties": {
+            name: {"type": "object", "additionalProperties": False, "properties": registry.metadata(name)["schema"]}
+            for name in registry.names()}}
     # a method's own training settings (e.g. its tuned lr): any train key, none required
     method["train"] = {"type": "object", "additionalProperties": False,
                        "properties": copy.deepcopy(schema["properties"]["train"]["properties"])}

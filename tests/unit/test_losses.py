@@ -419,8 +419,9 @@ def test_shape_mismatch_raises():
 # Registry, defaults and error messages
 # ------------------------------------------------------------------------------------------
 def test_registry_names_and_formulas():
-    assert LOSSES.names() == ["contrastive", "multi_similarity", "npair", "proxy_anchor", "triplet"]
-    assert {"triplet_margin", "multi_similarity", "batch_hard", "pair_margin"} <= set(MINERS.names())
+    assert LOSSES.names() == ["circle", "contrastive", "contrastive_similarity", "margin", "multi_similarity",
+                              "normalized_softmax", "npair", "proxy_anchor", "proxy_nca", "soft_triple", "triplet"]
+    assert {"triplet_margin", "multi_similarity", "batch_hard", "pair_margin", "distance_weighted"} <= set(MINERS.names())
     assert "none" not in LOSSES
     for registry in (LOSSES, MINERS):
         for name in registry.names():
@@ -492,7 +493,7 @@ def test_builder_supplied_args_are_not_configurable():
         ({"loss": "triplet", "miner_args": {"margin": 0.1}}, "miner is not"),
         ({"loss": "proxy_anchor", "loss_lr_multiplier": -1}, "loss_lr_multiplier must be a positive"),
         ({"loss": "proxy_anchor", "loss_lr_multiplier": True}, "loss_lr_multiplier must be a positive"),
-        ({"loss": "triplet", "augmenter": "iaa"}, r"unknown key\(s\) 'augmenter'"),
+        ({"loss": "triplet", "augmenter": "iaa"}, r"augmenter must map augmenter names"),
         ({"loss": "triplet", "regularizer": "da"}, "regularizer must map regularizer names"),
         ({"loss_args": {}}, "has no 'loss'"),
         ({"loss": "npair", "loss_args": {"l2_reg": -0.1}}, "l2_reg must be >= 0"),

@@ -241,6 +241,9 @@ def test_an_interrupt_is_killed_and_an_error_is_failed(training, monkeypatch):
         def param_groups(self, lr):
             return []
 
+        def start_epoch(self, epoch, epochs, train_embeddings):
+            pass
+
     other = resolve_run(params, "glyphs", "triplet", 0, [])
     monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: Nan())
     with pytest.raises(frozen.Diverged):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dmlrepro.config import load_params
+from dmlrepro.methods import CriterionWrapper
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
 from conftest import REPO
@@ -42,12 +43,8 @@ def setup(tmp_path, torch_one_thread):
     return params, run, tmp_path
 
 
-class NoisyCriterion(torch.nn.Module):
+class NoisyCriterion(CriterionWrapper):
     """A loss that draws random numbers every step from the global torch generator."""
-
-    def __init__(self, base):
-        super().__init__()
-        self.base = base
 
     def forward(self, z, labels):
         return self.base(z + 0.5 * torch.randn_like(z), labels) + 0.01 * torch.rand(()).to(z)
@@ -85,11 +82,7 @@ def test_a_non_finite_loss_stops_the_run_with_epoch_step_and_last_loss(setup, mo
     real = frozen.build_criterion
     calls = {"n": 0}
 
-    class Exploding(torch.nn.Module):
-        def __init__(self, base):
-            super().__init__()
-            self.base = base
-
+    class Exploding(CriterionWrapper):
         def forward(self, z, labels):
             calls["n"] += 1
             loss = self.base(z, labels)

@@ -1,9 +1,9 @@
 """Methods: a loss, an optional miner and the wrappers that turn a base loss into a paper's
-method (DA's regulariser now, IAA's augmenter and SGAR later). The standard losses and miners come
+method (IAA's augmenter, DA's regulariser, SGAR). The standard losses and miners come
 from pytorch-metric-learning through :mod:`.pml`; the regularisers register themselves in
-``REGULARIZERS`` on import (:mod:`.density`)."""
+``REGULARIZERS`` and the augmenters in ``AUGMENTERS`` on import (:mod:`.density`, :mod:`.iaa`)."""
 from .pml import (  # noqa: F401
-    LOSSES, METHOD_KEYS, MINERS, REGULARIZERS, Criterion, CriterionWrapper, allowed_args, build_criterion,
+    AUGMENTERS, LOSSES, METHOD_KEYS, MINERS, REGULARIZERS, WRAPPER_KEYS, Criterion, CriterionWrapper, allowed_args, build_criterion,
     method_labels, method_problems,
 )
-from . import density  # noqa: F401,E402  (registers "density")
+from . import density, iaa  # noqa: F401,E402  (register "density" and "iaa")

@@ -52,6 +52,7 @@ import torch
 from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
+from pytorch_metric_learning import reducers as pml_reducers
 from pytorch_metric_learning import regularizers as pml_regularizers
 
 from ..errors import DmlReproError
@@ -61,6 +62,8 @@ __all__ = [
     "LOSSES",
     "MINERS",
     "REGULARIZERS",
+    "AUGMENTERS",
+    "WRAPPER_KEYS",
     "METHOD_KEYS",
     "Criterion",
     "CriterionWrapper",
@@ -75,10 +78,16 @@ MINERS: Registry = Registry("miner")
 #: ``fn(base: Criterion, args: dict) -> CriterionWrapper``; metadata ``schema`` (JSON-schema
 #: properties of its arguments, each with its ``default``) and ``label`` (how tables name it).
 REGULARIZERS: Registry = Registry("regularizer", ("schema", "label"))
+#: ``fn(base, args, num_classes, embedding_dim) -> CriterionWrapper`` that synthesises embeddings
+#: (IAA, SGAR); same metadata as REGULARIZERS. Wraps the base loss before any regulariser does.
+AUGMENTERS: Registry = Registry("augmenter", ("schema", "label"))
 
-#: Keys of a ``methods.<name>`` block that :func:`build_criterion` consumes. Later method families
-#: (augmenters) add their own keys and strip them before calling build_criterion.
-METHOD_KEYS = ("loss", "loss_args", "miner", "miner_args", "loss_lr_multiplier", "regularizer")
+#: The method keys whose value maps wrapper names to their arguments, and their registries, in
+#: the order build_criterion applies them (innermost first).
+WRAPPER_KEYS = {"augmenter": AUGMENTERS, "regularizer": REGULARIZERS}
+
+#: Keys of a ``methods.<name>`` block that :func:`build_criterion` consumes.
+METHOD_KEYS = ("loss", "loss_args", "miner", "miner_args", "loss_lr_multiplier", *WRAPPER_KEYS)
 
 #: Constructor arguments that are PML plumbing (objects, not YAML values) or supplied by the
 #: builder itself; they are never accepted from ``loss_args`` / ``miner_args``.
@@ -183,18 +192,18 @@ def allowed_args(kind: str, name: str) -> Dict[str, Any]:
     return dict(registry.get(name).defaults)
 
 
-def regularizer_args(where: str, cfg: Any) -> Dict[str, Dict[str, Any]]:
-    """A method's ``regularizer`` block, validated: {name: its arguments with the defaults filled
-    in}. Unknown names or keys, wrong types and out-of-range values name the key."""
+def wrapper_args(where: str, cfg: Any, registry: Registry = REGULARIZERS) -> Dict[str, Dict[str, Any]]:
+    """A method's ``regularizer`` (or ``augmenter``) block, validated: {name: its arguments with
+    the defaults filled in}. Unknown names or keys, wrong types and out-of-range values name the key."""
     import jsonschema
 
     if cfg is None:
         return {}
     if not isinstance(cfg, Mapping):
-        raise DmlReproError(f"{where} must map regularizer names to their arguments, got {cfg!r}")
+        raise DmlReproError(f"{where} must map {registry.kind} names to their arguments, got {cfg!r}")
     resolved = {}
     for name, args in cfg.items():
-        schema = REGULARIZERS.metadata(name)["schema"]  # an unknown name lists the known ones
+        schema = registry.metadata(name)["schema"]  # an unknown name lists the known ones
         args = _resolve(f"{where}.{name}", args, {k: v["default"] for k, v in schema.items()}, {})
         for e in jsonschema.Draft202012Validator({"properties": schema}).iter_errors(args):
             key = ".".join(map(str, e.absolute_path))
@@ -207,10 +216,11 @@ def method_problems(method_cfg: Mapping[str, Any]) -> list:
     """Problems in a method's ``loss_args`` / ``miner_args`` / ``regularizer`` (typos, wrong types),
     found before any training starts; [] when the method is sound."""
     problems = []
-    try:
-        regularizer_args("regularizer", method_cfg.get("regularizer"))
-    except DmlReproError as exc:
-        problems.append(str(exc))
+    for key, registry in WRAPPER_KEYS.items():
+        try:
+            wrapper_args(key, method_cfg.get(key), registry)
+        except DmlReproError as exc:
+            problems.append(str(exc))
     for kind, registry in (("loss", LOSSES), ("miner", MINERS)):
         name = method_cfg.get(kind)
         if name in (None, "none") or name not in registry:
@@ -341,6 +351,97 @@ def proxy_anchor(args, num_classes, embedding_dim):
     return pml_losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_dim, **args)
 
 
+class _SumPerAnchorReducer(pml_reducers.BaseReducer):
+    """Sum of every pair's loss divided by the number of anchors (the IAA code's reduction)."""
+
+    def __init__(self, n_anchors_from_labels: bool = True, **kwargs):
+        super().__init__(**kwargs)
+
+    def element_reduction(self, losses, loss_indices, embeddings, labels):
+        return losses.sum() / max(len(embeddings), 1)
+
+    pos_pair_reduction = neg_pair_reduction = triplet_reduction = element_reduction
+
+
+@LOSSES.register("contrastive_similarity")
+@_entry(
+    "loss_args",
+    pml_losses.ContrastiveLoss,
+    defaults={"pos_margin": 0.8, "neg_margin": 0.5},
+    extras={"reduction": "sum_per_anchor"},
+    choices={"reduction": ("sum_per_anchor", "mean_nonzero")},
+)
+def contrastive_similarity(args, num_classes, embedding_dim):
+    """Contrastive, similarity form (IAA code): [sum_pos [pos_margin - s]_+ + sum_neg [s - neg_margin]_+] / B.
+
+    s = cosine similarity. Defaults pos_margin 0.8, neg_margin 0.5 and the reduction (the sum over
+    every pair divided by the number of anchors B) are the IAA code's ``ContrastiveLoss``;
+    ``reduction: mean_nonzero`` is PML's mean over the non-zero terms.
+    """
+    reduction = args.pop("reduction")
+    reducer = _SumPerAnchorReducer() if reduction == "sum_per_anchor" else pml_reducers.AvgNonZeroReducer()
+    return pml_losses.ContrastiveLoss(distance=pml_distances.CosineSimilarity(), reducer=reducer, **args)
+
+
+@LOSSES.register("margin")
+@_entry("loss_args", pml_losses.MarginLoss, hidden=("triplets_per_anchor", "learn_beta"))
+def margin(args, num_classes, embedding_dim):
+    """Margin (Wu et al. 2017): mean over pairs with l > 0 of l = [margin + y_ij (d(i,j) - beta)]_+, y = +1 positive, -1 negative.
+
+    Defaults margin 0.2, beta 1.2 (the paper's and PML's), fixed beta; pair it with the
+    ``distance_weighted`` miner as Wu et al. do.
+    """
+    return pml_losses.MarginLoss(**args)
+
+
+@LOSSES.register("circle")
+@_entry("loss_args", pml_losses.CircleLoss)
+def circle(args, num_classes, embedding_dim):
+    """Circle (Sun et al. 2020): softplus(logsumexp_neg gamma a_n (s_n - Delta_n) + logsumexp_pos -gamma a_p (s_p - Delta_p)), a and Delta from m.
+
+    Defaults m 0.4, gamma 80 (the paper's fine-grained settings, PML's defaults).
+    """
+    return pml_losses.CircleLoss(**args)
+
+
+def _proxy_loss(pml_class, args, num_classes, embedding_dim):
+    if num_classes < 1 or embedding_dim < 1:
+        raise DmlReproError(f"{pml_class.__name__} needs num_classes >= 1 and embedding_dim >= 1, "
+                            f"got {num_classes} and {embedding_dim}")
+    return pml_class(num_classes=num_classes, embedding_size=embedding_dim, **args)
+
+
+@LOSSES.register("normalized_softmax")
+@_entry("loss_args", pml_losses.NormalizedSoftmaxLoss, supports_ref=False, lr_multiplier=100.0)
+def normalized_softmax(args, num_classes, embedding_dim):
+    """Normalized softmax (Zhai & Wu 2019): mean_i CE(softmax_c(cos(x_i, w_c) / temperature), y_i), one proxy w_c per class.
+
+    Default temperature 0.05 (PML's); proxies at 100x the base lr, as Proxy-Anchor (not tuned).
+    """
+    return _proxy_loss(pml_losses.NormalizedSoftmaxLoss, args, num_classes, embedding_dim)
+
+
+@LOSSES.register("proxy_nca")
+@_entry("loss_args", pml_losses.ProxyNCALoss, supports_ref=False, lr_multiplier=100.0)
+def proxy_nca(args, num_classes, embedding_dim):
+    """Proxy-NCA (Movshovitz-Attias et al. 2017): mean_i -log(e^{-d(x_i,p_y)^2 s} / sum_{c != y} e^{-d(x_i,p_c)^2 s}), s = softmax_scale.
+
+    Default softmax_scale 1 (PML's); proxies at 100x the base lr, as Proxy-Anchor (not tuned).
+    """
+    return _proxy_loss(pml_losses.ProxyNCALoss, args, num_classes, embedding_dim)
+
+
+@LOSSES.register("soft_triple")
+@_entry("loss_args", pml_losses.SoftTripleLoss, supports_ref=False, lr_multiplier=100.0)
+def soft_triple(args, num_classes, embedding_dim):
+    """SoftTriple (Qian et al. 2019): softmax over classes of la (S'_c - margin 1[c = y]), S'_c a soft max over the class's centers with 1/gamma.
+
+    Defaults centers_per_class 10, la 20, gamma 0.1, margin 0.01 (the paper's); centers at 100x the
+    base lr (the paper trains them at 100x: 0.01 vs 1e-4).
+    """
+    return _proxy_loss(pml_losses.SoftTripleLoss, args, num_classes, embedding_dim)
+
+
 # --------------------------------------------------------------------------------------------
 # Miners
 # --------------------------------------------------------------------------------------------
@@ -380,6 +481,17 @@ def batch_hard(args, num_classes, embedding_dim):
     No arguments.
     """
     return pml_miners.BatchHardMiner(**args)
+
+
+@MINERS.register("distance_weighted")
+@_entry("miner_args", pml_miners.DistanceWeightedMiner)
+def distance_weighted(args, num_classes, embedding_dim):
+    """Distance-weighted sampling (Wu et al. 2017): per anchor, negatives drawn with weight 1/q(d) for d in [cutoff, nonzero_loss_cutoff].
+
+    Defaults cutoff 0.5, nonzero_loss_cutoff 1.4 (the paper's). Draws from the global torch RNG,
+    which the trainer re-seeds every epoch.
+    """
+    return pml_miners.DistanceWeightedMiner(**args)
 
 
 @MINERS.register("pair_margin")
@@ -435,6 +547,12 @@ class Criterion(torch.nn.Module):
             indices_tuple = self.mine(embeddings, labels, ref_emb, ref_labels)
         return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
+    def start_epoch(self, epoch: int, epochs: int, train_embeddings: Callable) -> None:
+        """Called by the trainer before each epoch's first step (after the epoch's generators are
+        re-seeded). ``train_embeddings()`` returns (z, labels) of the whole training set (raw,
+        un-normalised, no gradient), computed on demand: wrappers that keep statistics (IAA) use
+        it; the base loss has nothing to do."""
+
     def param_groups(self, lr: float) -> list:
         """Optimizer parameter groups for the loss's own parameters ([] when it has none)."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -481,6 +599,9 @@ class CriterionWrapper(torch.nn.Module):
 
     def mine(self, embeddings, labels, ref_emb=None, ref_labels=None):
         return self.base.mine(embeddings, labels, ref_emb, ref_labels)
+
+    def start_epoch(self, epoch: int, epochs: int, train_embeddings: Callable) -> None:
+        self.base.start_epoch(epoch, epochs, train_embeddings)
 
     def param_groups(self, lr: float) -> list:
         own = [p for n, p in self.named_parameters() if not n.startswith("base.") and p.requires_grad]
@@ -543,13 +664,16 @@ def build_criterion(
         lr_multiplier=float(lr_mult),
         name=str(loss_name),
         supports_ref=loss_entry.supports_ref,
-        num_classes=getattr(loss, "num_classes", None),
+        num_classes=num_classes if any(True for _ in loss.parameters()) else None,  # proxies: labels < C
     )
-    for reg_name, args in regularizer_args(f"{where}.regularizer", method_cfg.get("regularizer")).items():
+    for aug_name, args in wrapper_args(f"{where}.augmenter", method_cfg.get("augmenter"), AUGMENTERS).items():
+        criterion = AUGMENTERS.get(aug_name)(criterion, args, num_classes, embedding_dim)
+    for reg_name, args in wrapper_args(f"{where}.regularizer", method_cfg.get("regularizer")).items():
         criterion = REGULARIZERS.get(reg_name)(criterion, args)
     return criterion
 
 
 def method_labels(method_cfg: Mapping[str, Any]) -> list:
     """How tables and MLflow name what wraps the base loss, e.g. ['DA (reconstructed)']."""
-    return [REGULARIZERS.metadata(n)["label"] for n in (method_cfg.get("regularizer") or {}) if n in REGULARIZERS]
+    return [registry.metadata(n)["label"] for key, registry in WRAPPER_KEYS.items()
+            for n in (method_cfg.get(key) or {}) if n in registry]

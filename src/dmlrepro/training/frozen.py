@@ -173,12 +173,22 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
 
     n_views = train_x.shape[0]
     targets = torch.from_numpy(train_targets).long()
+
+    @torch.no_grad()
+    def train_embeddings():
+        """Raw z of every training image (its plain view, as the IAA code's evaluation loader
+        sees it), for wrappers that keep class statistics."""
+        z = [head(torch.from_numpy(train_x[0, i : i + 8192].astype(np.float32)).to(device), normalize=False)
+             for i in range(0, train_x.shape[1], 8192)]
+        return torch.cat(z), targets.to(device)
+
     last_finite = history["epochs"][-1]["loss"] if history["epochs"] else None
     for epoch in range(start, tcfg["epochs"] + 1):
         t0 = time.time()
         head.train()
         sampler.set_epoch(epoch)
         seed_epoch(seed, epoch)
+        criterion.start_epoch(epoch, tcfg["epochs"], train_embeddings)
         view_rng = np.random.default_rng([seed, epoch, 1])  # which augmented view each sample uses
         losses, norms = [], []
         for step, batch in enumerate(sampler, start=1):
