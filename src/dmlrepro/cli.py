@@ -154,7 +154,7 @@ def cmd_list(params: dict, args) -> None:
     if args.what == "methods":
         for name, m in params["methods"].items():
             print(f"{name}: {m['loss']}" + (f" + miner {m['miner']}" if m.get("miner") else "")
-                  + "".join(f" + {r}" for r in m.get("regularizer") or {}))
+                  + "".join(f" + {w}" for key in ("augmenter", "regularizer") for w in m.get(key) or {}))
         return
     if args.what == "tables":
         study = _study(params)

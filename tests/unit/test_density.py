@@ -238,7 +238,7 @@ sweeps:
                  if k.startswith("train-glyphs-efficientnet_lite0-triplet_da-") and not k.endswith("triplet_da-seed0"))
     assert "methods.triplet_da.regularizer.density.weight" not in swept  # the sweep point declares it
     point = study.sweep("demo/w").points[0].runs[0]
-    assert point.config["method"]["regularizer"]["density"] == {"weight": 0.3, "eta": 0.5}
+    assert point.config["method"]["regularizer"]["density"] == {"weight": 0.3, "eta": 0.5, "detach_separation": True}  # defaults filled in
 
 
 def test_mlflow_note_names_the_reconstruction(tmp_path):

@@ -6,4 +6,4 @@ from .pml import (  # noqa: F401
     AUGMENTERS, LOSSES, METHOD_KEYS, MINERS, REGULARIZERS, WRAPPER_KEYS, Criterion, CriterionWrapper, allowed_args, build_criterion,
     method_labels, method_problems,
 )
-from . import density, iaa  # noqa: F401,E402  (register "density" and "iaa")
+from . import density, iaa, sgar  # noqa: F401,E402  (register "density", "iaa" and "sgar")

@@ -66,6 +66,7 @@ import math
 from typing import Callable, Optional
 
 import torch
+from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..errors import DmlReproError
@@ -342,7 +343,8 @@ class IntraClassAugmenter(CriterionWrapper):
                 alpha=a["alpha"], scale_mean=a["scale_mean"], scale_cov=a["scale_cov"],
                 normalize_distances=a["normalize_distances"])
         else:
-            own, global_var = var, (counts[:, None] * var).sum(0) / counts.sum().clamp_min(1)
+            several = counts * (counts >= 2)  # as in the correction: one-image classes have no variance
+            own, global_var = var, (several[:, None] * var).sum(0) / several.sum().clamp_min(1)
         if a["covariance"] == "identity":
             own = torch.ones_like(var)
         elif a["covariance"] == "global":
@@ -366,11 +368,21 @@ class IntraClassAugmenter(CriterionWrapper):
 
     def candidate_indices(self, z, labels, ref, ref_labels):
         """Mined (or all) pairs / triplets from the B anchors into ref = [originals, synthetics],
-        an anchor's pair with itself removed (and with its own copies, ``exclude_own_copies``)."""
-        mined = self.base.mine(z, labels, ref, ref_labels)
-        tuples = mined if mined is not None else lmu.get_all_pairs_indices(labels, ref_labels)
+        an anchor's pair with itself removed (and with its own copies, ``exclude_own_copies``).
+
+        The Multi-Similarity miner is run here on the masked pairs (:func:`multi_similarity_pairs`),
+        so the excluded candidates take no part in its thresholds either, as in the released code;
+        any other miner runs as PML has it and its pairs are filtered afterwards."""
         b = len(z)
         own = (lambda a, p: (p % b) == a) if self.args["exclude_own_copies"] else (lambda a, p: p == a)
+        miner = getattr(self.base, "miner", None)
+        if isinstance(miner, pml_miners.MultiSimilarityMiner):
+            same = labels[:, None] == ref_labels[None, :]
+            rows, cols = torch.arange(b, device=z.device)[:, None], torch.arange(len(ref), device=z.device)[None, :]
+            pos = same & ~own(rows, cols)
+            return multi_similarity_pairs(miner.distance(z, ref), pos, ~same, miner.epsilon, miner.distance.is_inverted)
+        mined = self.base.mine(z, labels, ref, ref_labels)
+        tuples = mined if mined is not None else lmu.get_all_pairs_indices(labels, ref_labels)
         if len(tuples) == 4:
             a1, p, a2, n = tuples
             keep = ~own(a1, p)
@@ -393,6 +405,21 @@ class IntraClassAugmenter(CriterionWrapper):
 
     def extra_repr(self) -> str:
         return f"{LABEL}: " + ", ".join(f"{k}={v}" for k, v in self.args.items())
+
+
+@torch.no_grad()
+def multi_similarity_pairs(mat, pos, neg, epsilon: float, inverted: bool = True):
+    """The MS miner's rule (Wang et al. 2019; PML's ``MultiSimilarityMiner``) on explicit masks:
+    keep a positive if s - eps < the anchor's largest negative similarity, a negative if
+    s + eps > its smallest positive one (mirrored for a distance). Per-row max / min instead of
+    PML's two full sorts: the same pairs, in row-major order."""
+    if not inverted:  # a distance: flip to a similarity, the rule is symmetric
+        mat = -mat
+    hardest_neg = mat.masked_fill(~neg, -math.inf).max(1, keepdim=True).values
+    easiest_pos = mat.masked_fill(~pos, math.inf).min(1, keepdim=True).values
+    a1, p = torch.nonzero(pos & (mat - epsilon < hardest_neg), as_tuple=True)
+    a2, n = torch.nonzero(neg & (mat + epsilon > easiest_pos), as_tuple=True)
+    return a1, p, a2, n
 
 
 def lambda_factor(progress: float) -> float:

@@ -124,6 +124,7 @@ def _resolve(
     user_args: Optional[Mapping[str, Any]],
     allowed: Dict[str, Any],
     choices: Mapping[str, Tuple[Any, ...]],
+    nullable: frozenset = frozenset(),
 ) -> Dict[str, Any]:
     if user_args is None:
         user_args = {}
@@ -134,7 +135,7 @@ def _resolve(
             raise DmlReproError(
                 f"unknown key {key!r} in {where}; allowed: {', '.join(sorted(allowed)) or '(none)'}"
             )
-        if not _type_ok(value, allowed[key]):
+        if not (value is None and key in nullable) and not _type_ok(value, allowed[key]):
             raise DmlReproError(
                 f"{where}.{key} = {value!r} has the wrong type; expected a "
                 f"{type(allowed[key]).__name__} like the default {allowed[key]!r}"
@@ -204,7 +205,8 @@ def wrapper_args(where: str, cfg: Any, registry: Registry = REGULARIZERS) -> Dic
     resolved = {}
     for name, args in cfg.items():
         schema = registry.metadata(name)["schema"]  # an unknown name lists the known ones
-        args = _resolve(f"{where}.{name}", args, {k: v["default"] for k, v in schema.items()}, {})
+        nullable = frozenset(k for k, v in schema.items() if "null" in str(v.get("type")) or None in v.get("enum", ()))
+        args = _resolve(f"{where}.{name}", args, {k: v["default"] for k, v in schema.items()}, {}, nullable)
         for e in jsonschema.Draft202012Validator({"properties": schema}).iter_errors(args):
             key = ".".join(map(str, e.absolute_path))
             raise DmlReproError(f"{where}.{name}.{key} = {e.instance!r}: {e.message}")

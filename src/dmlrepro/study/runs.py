@@ -155,7 +155,7 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
     if method not in params["methods"]:
         raise DmlReproError(f"method {method!r} is not defined in params.yaml "
                             f"(defined under methods: {', '.join(params['methods'])})")
-    method_cfg = dict(params["methods"][method])
+    method_cfg = _with_wrapper_defaults(dict(params["methods"][method]), method)
     method_train = method_cfg.pop("train", {})  # a method's own training settings (its tuned lr)
     return copy.deepcopy({
         "dataset": dataset,
@@ -167,6 +167,18 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
         "train": {**params["train"], **method_train},
         "evaluation": {"ks": dataset_ks(params, dataset)},
     })
+
+
+def _with_wrapper_defaults(method_cfg: dict, method: str) -> dict:
+    """The method with every argument of its augmenters / regularisers (IAA, SGAR, DA) filled in
+    from their schemas: writing a default out in params.yaml (so that `dvc exp run -S` reaches it)
+    names the same run as leaving it out."""
+    from ..methods.pml import WRAPPER_KEYS, wrapper_args
+
+    for key, registry in WRAPPER_KEYS.items():
+        if isinstance(method_cfg.get(key), Mapping):
+            method_cfg[key] = wrapper_args(f"methods.{method}.{key}", method_cfg[key], registry)
+    return method_cfg
 
 
 def ks_source(params: Mapping[str, Any], dataset: str) -> str:

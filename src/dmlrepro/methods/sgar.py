@@ -1,0 +1,348 @@
+"""SGAR: Proxy-Anchor with graded synthesis of positives and an intra-class ranking (Liu et al., EAAI 2024).
+
+Liu, Liu, Lang, Zhou, Li, Liu, "Deep Metric Learning Assisted by Intra-variance in a
+Semi-supervised View of Learning", Engineering Applications of Artificial Intelligence 131 (2024)
+107885, arXiv 2304.10941; official code github.com/Liuzt1999/SCAR (``losses.py``: ``Proxy_Anchor``
+with ``get_gen_loss3``; ``train.py``). An *augmenter* (``methods.<m>.augmenter.sgar``) around the
+``proxy_anchor`` loss only (it needs the proxies P_c; any other base is refused).
+
+Notation: z = the head's raw output, x = z / ||z|| (what retrieval ranks), P_c = the Proxy-Anchor
+proxy of class c (raw, not normalised), B = batch, N = synthetics per sample, d = embedding size.
+
+1. **Projector** q(v) = ReLU(L2norm(W v + b)), W (d' x d, d' = ``projector_dim``, default d)
+   orthogonal at initialisation, b = 0. It lives in the criterion, not in the head: the trainer
+   evaluates ``head(features)`` = x, so q never reaches retrieval (model.pt holds only the head).
+2. **Gate**: S_c = {i : y_i = c and <P_c, x_i> >= tau} (tau 0.05; ``tau: null`` synthesises every
+   sample). The gate is a mask: no gradient flows through it.
+3. **Synthesis with intensities**: r_i^j = x_i + j * alpha * u_j, j = 1..N, for every i in some S_c.
+4. **Intra-class ranking** (weaker synthesis stays closer), c_j = <q(r_i^j), q(x_i)>:
+   L_rank(i) = (1/s) log(1 + sum_{j<k} exp(s (c_k - c_j + delta))), s = ``scale`` 32, delta 0.11.
+5. **Synthetic-to-proxy**: L_sp(c) = log(1 + sum_{i in S_c} sum_j exp(a (m - <q(r_i^j), q(P_c)>))),
+   a = ``sp_alpha`` and m = ``sp_margin`` (null: the base's Proxy-Anchor alpha and margin, which is
+   what the code does: it uses the same ``self.alpha`` / ``self.mrg``). The sum runs over every
+   synthetic of every gated sample of the class: the paper's formula read without the code's reset
+   (see ``sp_last_sample_only``).
+6. **Total**: L = L_PA(x) + lambda * sum_{c : S_c non-empty} [rho_m L_sp(c) + rho_g mean_{i in S_c}
+   L_rank(i)], lambda = ``lam`` 0.23, rho_m = rho_g = 0.9 (``train.py``'s ``ratio_m``, ``ratio_gen``).
+
+Learning rates: the proxies keep the base's ``loss_lr_multiplier`` (100 for Proxy-Anchor); W, b and
+the learned direction bank (code variant) get ``projector_lr_multiplier`` x the head's lr, their
+own optimizer group (``param_groups``). Warm-up: the authors train only the embedding layer and
+the loss parameters for one epoch before unfreezing the backbone. In this frozen regime there is
+no backbone: the head and the loss parameters are the whole model, so the warm-up is a no-op here
+(the fine-tuning regime is where it would apply).
+
+Vectorised: the gated samples form one (S, N, d') block; per-class means and the per-class
+log-sum-exp are ``index_add`` / ``scatter_reduce`` over the class slots (no loop per sample or per
+class). By linearity W r_i^j + b = (W x_i + b) + W o_j, so the projector multiplies only the S
+gated rows, the gated classes' proxies (one product for both) and the K x N offsets (K = 1 for
+shared random directions, the gated classes for the code's per-class shuffle), not S x N rows; and
+<q(r), v> = <ReLU(h), v> / ||h|| with h = W r + b, so q(r) is never formed. Cost:
+benchmarks/bench_sgar.py (benchmarks/results/sgar.json). Random draws (directions, shuffles) come
+from the global torch generator, which the trainer re-seeds from (seed, epoch) every epoch, so a
+killed run resumes exactly.
+
+Paper versus released code (``variant: paper | code``; each difference is also its own switch)
+--------------------------------------------------------------------------------------------
+=========================  ==================================  ====================================
+switch                     paper (default)                     code (``variant: code``)
+=========================  ==================================  ====================================
+directions                 ``random``: N fresh unit Gaussian   ``learned``: a bank D (N x d), a
+                           directions each step, shared by     parameter (Kaiming init), rows
+                           every gated sample (u_j, indexed    L2-normalised and shuffled for each
+                           by j only, as in the formula);      class at each step (``np.random.
+                           ``random_per_sample``: fresh for    shuffle`` in ``get_gen_loss3``)
+                           each sample
+normalize_offsets          false: ||r^j - x|| = j alpha        true: j alpha u_j re-normalised to
+                                                               unit length: the intensity j is
+                                                               erased (all offsets have norm 1)
+metric_on_projection       false: Proxy-Anchor on x            true: Proxy-Anchor on q(x)
+                                                               (``cos = F.linear(l2_norm(X_fc),
+                                                               l2_norm(P))``)
+double_ranking             false                               true: the "left" and "right" sums
+                                                               run over the same pairs j < k, so
+                                                               L_rank is counted twice
+sp_last_sample_only        false: L_sp(c) over every gated     true: ``metric_loss = list()`` is
+                           sample of c                         reset inside the per-sample loop:
+                                                               only the last (in batch order)
+                                                               gated sample of c counts
+repeated_proxy_projection  false: q(P_c)                       true: ``P = fc(P)`` inside the same
+                                                               loop re-projects the projected
+                                                               proxy: the last sample sees
+                                                               q^{|S_c|}(P_c) (found in the code;
+                                                               not in PAPERS.md's list)
+projector_lr_multiplier    1: W, b at the head's lr (the       100: ``criterion.parameters()``
+                           paper gives W no rate of its own)   (proxies, D, W, b) at 100x
+=========================  ==================================  ====================================
+
+Unchanged between the variants: the gate (``cos_px = F.linear(P, X) >= gen_mrg``, raw proxies,
+unit x), tau 0.05, N 5, alpha (``r``) 1.0, s 32, delta 0.11, lambda 0.23, rho_m = rho_g = 0.9.
+The code's other differences are outside this module: gradients clipped at 10, AdamW (lr 1e-4,
+weight decay 1e-4), StepLR, random (not m-per-class) batches of 150, one seed and the best epoch
+chosen on test (the papers' protocol: ``protocols: [honest, paper]`` in a declaration).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml_losses
+
+from ..errors import DmlReproError
+from .pml import AUGMENTERS, CriterionWrapper
+
+LABEL = "SGAR"
+_EPS = 1e-12  # F.normalize's floor under a norm
+
+#: The switches each variant sets (a switch given explicitly wins over its variant's value).
+VARIANTS = {
+    "paper": {"directions": "random", "normalize_offsets": False, "metric_on_projection": False,
+              "double_ranking": False, "sp_last_sample_only": False, "repeated_proxy_projection": False,
+              "projector_lr_multiplier": 1.0},
+    "code": {"directions": "learned", "normalize_offsets": True, "metric_on_projection": True,
+             "double_ranking": True, "sp_last_sample_only": True, "repeated_proxy_projection": True,
+             "projector_lr_multiplier": 100.0},
+}
+DIRECTIONS = ("random", "random_per_sample", "learned")
+
+
+def _switch(kind: dict, description: str) -> dict:
+    return {**kind, "default": None, "description": f"{description} (null: the variant's value)"}
+
+
+SCHEMA = {
+    "variant": {"enum": ["paper", "code"], "default": "paper",
+                "description": "paper: the method as published; code: every difference of the released code"},
+    "N": {"type": "integer", "minimum": 1, "default": 5, "description": "N: synthetic positives per gated sample"},
+    "alpha": {"type": "number", "exclusiveMinimum": 0, "default": 1.0,
+              "description": "alpha: intensity step, r^j = x + j alpha u_j (the code's r)"},
+    "tau": {"type": ["number", "null"], "default": 0.05,
+            "description": "gate: synthesise x_i when <P_{y_i}, x_i> >= tau (raw proxy); null: every sample"},
+    "scale": {"type": "number", "exclusiveMinimum": 0, "default": 32.0, "description": "s of the ranking loss"},
+    "delta": {"type": "number", "default": 0.11, "description": "delta: ranking margin between consecutive intensities"},
+    "lam": {"type": "number", "minimum": 0, "default": 0.23, "description": "lambda: weight of the SGAR terms"},
+    "rho_m": {"type": "number", "minimum": 0, "default": 0.9, "description": "rho_m: weight of L_sp"},
+    "rho_g": {"type": "number", "minimum": 0, "default": 0.9, "description": "rho_g: weight of the mean L_rank"},
+    "sp_alpha": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                 "description": "scale of L_sp; null: the base Proxy-Anchor's alpha"},
+    "sp_margin": {"type": ["number", "null"], "default": None,
+                  "description": "margin of L_sp; null: the base Proxy-Anchor's margin"},
+    "projector_dim": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                      "description": "d' (rows of W); null: the embedding size"},
+    "directions": _switch({"enum": [*DIRECTIONS, None]},
+                          "random (fresh per step) | random_per_sample | learned (the code's shuffled bank)"),
+    "normalize_offsets": _switch({"type": ["boolean", "null"]}, "offsets re-normalised to unit length"),
+    "metric_on_projection": _switch({"type": ["boolean", "null"]}, "Proxy-Anchor on q(x) instead of x"),
+    "double_ranking": _switch({"type": ["boolean", "null"]}, "the ranking term counted twice"),
+    "sp_last_sample_only": _switch({"type": ["boolean", "null"]}, "L_sp from the last gated sample of a class only"),
+    "repeated_proxy_projection": _switch({"type": ["boolean", "null"]}, "L_sp against q^{|S_c|}(P_c)"),
+    "projector_lr_multiplier": _switch({"type": ["number", "null"], "exclusiveMinimum": 0},
+                                       "lr of W, b (and the bank D) / the head's lr"),
+}
+
+
+def resolve(args: dict) -> dict:
+    """The arguments with every null switch replaced by its variant's value."""
+    preset = VARIANTS[args["variant"]]
+    return {**args, **{k: preset[k] if args.get(k) is None else args[k] for k in preset}}
+
+
+# ------------------------------------------------------------------------------------------------
+# The terms, on tensors
+# ------------------------------------------------------------------------------------------------
+def ranking_loss(c: torch.Tensor, scale: float, delta: float) -> torch.Tensor:
+    """L_rank per row of c (S, N): (1/s) log(1 + sum_{j<k} exp(s (c_k - c_j + delta))), computed as
+    softplus(logsumexp(.)) / s (no overflow for any s). N = 1: no pair, 0."""
+    n = c.shape[1]
+    if n < 2:
+        return c.new_zeros(c.shape[0]) + 0 * c.sum(1)
+    j, k = torch.triu_indices(n, n, 1, device=c.device)
+    t = scale * (c[:, k] - c[:, j] + delta)
+    return F.softplus(torch.logsumexp(t, dim=1)) / scale
+
+
+def grouped_log1p_sum_exp(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """log(1 + sum_{v in group g} exp(v)) for g = 0..n_groups-1, one scatter: M_g = max(0, max v)
+    (no gradient), M_g + log(exp(-M_g) + sum exp(v - M_g))."""
+    m = values.new_zeros(n_groups).scatter_reduce(0, group, values.detach(), "amax", include_self=True)
+    total = values.new_zeros(n_groups).index_add(0, group, torch.exp(values - m[group]))
+    return m + torch.log(torch.exp(-m) + total)
+
+
+def project(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """q(v) = ReLU(L2norm(W v + b)) on the last dimension."""
+    return F.relu(F.normalize(F.linear(v, weight, bias), dim=-1))
+
+
+# ------------------------------------------------------------------------------------------------
+# The augmenter
+# ------------------------------------------------------------------------------------------------
+class SyntheticRanking(CriterionWrapper):
+    """Proxy-Anchor + lambda sum_c [rho_m L_sp(c) + rho_g mean_{S_c} L_rank] (module docstring)."""
+
+    def __init__(self, base, args: dict, num_classes: int, embedding_dim: int):
+        super().__init__(base)
+        loss = getattr(base, "loss", None)
+        if getattr(base, "name", None) != "proxy_anchor" or not isinstance(loss, pml_losses.ProxyAnchorLoss):
+            raise DmlReproError(
+                f"SGAR wraps the proxy_anchor loss only (it gates and synthesises with its proxies); got "
+                f"{getattr(base, 'name', type(base).__name__)!r}: set the method's loss: proxy_anchor")
+        if embedding_dim < 1:
+            raise DmlReproError(f"SGAR needs embedding_dim >= 1, got {embedding_dim}")
+        a = self.args = resolve(args)
+        d = int(embedding_dim)
+        dp = int(a["projector_dim"] or d)
+        for switch, why in (("metric_on_projection", "compares q(x) with the proxies"),
+                            ("repeated_proxy_projection", "projects q(P_c) again")):
+            if a[switch] and dp != d:
+                raise DmlReproError(f"SGAR {switch} {why}: projector_dim must be null or {d}, got {dp}")
+        self.projector = torch.nn.Linear(d, dp)
+        torch.nn.init.orthogonal_(self.projector.weight)
+        torch.nn.init.zeros_(self.projector.bias)
+        self.directions = None
+        if a["directions"] == "learned":
+            self.directions = torch.nn.Parameter(torch.empty(a["N"], d))
+            torch.nn.init.kaiming_normal_(self.directions, mode="fan_out")  # as the code
+        self.sp_alpha = float(loss.alpha if a["sp_alpha"] is None else a["sp_alpha"])
+        self.sp_margin = float(loss.margin if a["sp_margin"] is None else a["sp_margin"])
+
+    # -- optimizer and schedule ------------------------------------------------------------------
+    def param_groups(self, lr: float) -> list:
+        own = [p for n, p in self.named_parameters() if not n.startswith("base.") and p.requires_grad]
+        return self.base.param_groups(lr) + [
+            {"params": own, "lr": lr * float(self.args["projector_lr_multiplier"]), "name": "sgar:projector"}]
+
+    def start_epoch(self, epoch: int, epochs: int, train_embeddings: Callable) -> None:
+        # the authors' warm-up epoch freezes the backbone only: there is none here (module docstring)
+        super().start_epoch(epoch, epochs, train_embeddings)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    @property
+    def proxies(self) -> torch.Tensor:
+        return self.base.loss.proxies
+
+    def q(self, v: torch.Tensor) -> torch.Tensor:
+        return project(v, self.projector.weight, self.projector.bias)
+
+    @torch.no_grad()
+    def gate(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: <P_{y_i}, x_i> >= tau, x = z / ||z||, P raw; all True when tau is null."""
+        if self.args["tau"] is None:
+            return torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        x = F.normalize(embeddings, dim=1)
+        return (x * self.proxies.to(x)[labels]).sum(1) >= self.args["tau"]
+
+    def permutations(self, n_rows: int, device) -> torch.Tensor:
+        """(n_rows, N): one random order of the bank's rows per gated class (global torch RNG)."""
+        return torch.argsort(torch.rand(n_rows, self.args["N"], device=device), dim=1)
+
+    def offsets(self, n_samples: int, slot: torch.Tensor, n_classes: int, like: torch.Tensor):
+        """(o (K, N, d), which (S,)): offset j of gated sample i is o[which[i], j]; r_i^j = x_i + o[which[i], j].
+
+        o_j = j alpha u_j with unit u_j (random: K = 1, one draw per step; random_per_sample: K = S;
+        learned: K = gated classes, the bank's rows shuffled per class), re-normalised to unit length
+        when ``normalize_offsets``."""
+        a = self.args
+        n, d = a["N"], like.shape[1]
+        kind = a["directions"]
+        if kind == "learned":
+            u = F.normalize(self.directions.to(like), dim=1)[self.permutations(n_classes, like.device)]
+            which = slot
+        else:
+            k = 1 if kind == "random" else n_samples
+            u = F.normalize(torch.randn(k, n, d, device=like.device, dtype=like.dtype), dim=2)
+            which = torch.zeros_like(slot) if kind == "random" else torch.arange(n_samples, device=like.device)
+        steps = torch.arange(1, n + 1, device=like.device, dtype=like.dtype) * a["alpha"]
+        o = u * steps[None, :, None]
+        if a["normalize_offsets"]:
+            o = F.normalize(o, dim=2)
+        return o, which
+
+    def projected_proxies(self, p: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """q(P_c) for the rows of p (the gated classes' raw proxies), or q^{|S_c|}(P_c) with
+        ``repeated_proxy_projection`` (counts = |S_c|)."""
+        if not self.args["repeated_proxy_projection"]:
+            return self.q(p)
+        depth = counts.long()
+        out, cur = p.new_zeros(len(p), self.projector.out_features), p
+        for t in range(1, int(depth.max()) + 1):  # loop over the depth (<= samples per class), not classes
+            cur = self.q(cur)
+            out = torch.where((depth == t)[:, None], cur, out)
+        return out
+
+    # -- one step --------------------------------------------------------------------------------
+    def terms(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Every part of the loss of one batch: ``total``, ``pa``, ``gate`` (B,), and over the gated
+        classes (``classes``, in increasing order) ``sp`` and ``rank_mean``; over the gated samples
+        (batch order) ``c`` (S, N) and ``rank`` (S,)."""
+        a = self.args
+        w, b = self.projector.weight, self.projector.bias
+        x = F.normalize(embeddings, dim=1)
+        hx_all = None
+        if a["metric_on_projection"]:
+            hx_all = F.linear(x, w, b)
+            pa = self.base(F.relu(F.normalize(hx_all, dim=1)), labels)
+        else:
+            pa = self.base(embeddings, labels)  # first: it checks the labels and finiteness
+        gate = self.gate(embeddings, labels)
+        out = {"pa": pa, "gate": gate, "total": pa}
+        gated = torch.nonzero(gate).squeeze(1)
+        if len(gated) == 0 or a["lam"] == 0:
+            return out
+        yg = labels[gated]
+        classes, slot = torch.unique(yg, return_inverse=True)
+        s_n, g_n, n = len(gated), len(classes), a["N"]
+        counts = x.new_zeros(g_n).index_add(0, slot, x.new_ones(s_n))
+
+        proxies = self.proxies.to(x)[classes]
+        if hx_all is None and not a["repeated_proxy_projection"]:  # one product for W x_i + b and W P_c + b
+            both = F.linear(torch.cat([x[gated], proxies]), w, b)
+            hx, qp = both[:s_n], F.relu(F.normalize(both[s_n:], dim=1))
+        else:
+            hx = hx_all[gated] if hx_all is not None else F.linear(x[gated], w, b)
+            qp = self.projected_proxies(proxies, counts)
+        qx = F.relu(F.normalize(hx, dim=1))
+        o, which = self.offsets(s_n, slot, g_n, x)
+        ho = F.linear(o, w)  # W o_j: K x N rows only
+        # W (x_i + o_j) + b = (W x_i + b) + W o_j, (S, N, d'); one shared draw (K = 1) broadcasts
+        h = hx[:, None, :] + (ho if len(ho) == 1 else ho[which])
+        # <q(r), v> = <ReLU(h), v> / max(||h||, eps): q(r) itself is never formed (two
+        # multiply-and-sums beat a batched product of 150 tiny matrices here)
+        rh, inv = F.relu(h), 1 / torch.linalg.vector_norm(h, dim=2).clamp_min(_EPS)
+        c = (rh * qx[:, None, :]).sum(2) * inv  # c_j = <q(r_i^j), q(x_i)>, (S, N)
+        cp = (rh * qp[slot][:, None, :]).sum(2) * inv  # <q(r_i^j), q(P_c)>
+
+        rank = ranking_loss(c, a["scale"], a["delta"])
+        rank_mean = x.new_zeros(g_n).index_add(0, slot, rank) / counts
+        if a["double_ranking"]:
+            rank_mean = 2 * rank_mean
+
+        logits = self.sp_alpha * (self.sp_margin - cp)
+        if a["sp_last_sample_only"]:
+            order = torch.arange(s_n, device=x.device)
+            last = torch.zeros(g_n, dtype=torch.long, device=x.device).scatter_reduce(
+                0, slot, order, "amax", include_self=False)
+            logits, groups = logits[last], torch.arange(g_n, device=x.device)
+        else:
+            groups = slot
+        sp = grouped_log1p_sum_exp(logits.reshape(-1), groups.repeat_interleave(n), g_n)
+
+        total = pa + a["lam"] * (a["rho_m"] * sp + a["rho_g"] * rank_mean).sum()
+        out.update({"total": total, "classes": classes, "sp": sp, "rank_mean": rank_mean, "c": c, "rank": rank,
+                    "gated": gated, "offsets": o, "which": which})
+        return out
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None, indices_tuple=None):
+        if ref_emb is not None or indices_tuple is not None:
+            raise ValueError("SGAR (Proxy-Anchor) takes no ref_emb / indices_tuple")
+        return self.terms(embeddings, labels)["total"]
+
+    def extra_repr(self) -> str:
+        return f"{LABEL}: " + ", ".join(f"{k}={v}" for k, v in self.args.items())
+
+
+@AUGMENTERS.register("sgar", schema=SCHEMA, label=LABEL)
+def sgar(base, args, num_classes: int, embedding_dim: int) -> SyntheticRanking:
+    """SGAR: Proxy-Anchor + lambda sum_c [rho_m L_sp(c) + rho_g mean L_rank], N graded synthetics x + j alpha u_j of each gated sample."""
+    return SyntheticRanking(base, args, num_classes, embedding_dim)
