@@ -70,7 +70,7 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..errors import DmlReproError
-from .pml import AUGMENTERS, CriterionWrapper
+from .pml import AUGMENTERS, CriterionWrapper, resolve_variant, variant_switch
 
 LABEL = "IAA"
 
@@ -86,9 +86,6 @@ LAMBDA_STEPS = ((0.4, 0.9), (0.6, 0.75), (0.8, 0.6))
 #: correction: auto switches it on above this many training classes (the code's rule)
 AUTO_CORRECTION_CLASSES = 1000
 
-
-def _switch(kind: dict, description: str) -> dict:
-    return {**kind, "default": None, "description": f"{description} (null: the variant's value)"}
 
 
 SCHEMA = {
@@ -118,21 +115,20 @@ SCHEMA = {
                   "description": "s_cv of the neighbour weights; null: infinite"},
     "normalize_distances": {"type": "boolean", "default": True,
                             "description": "min-max normalise d_m and d_cv over a class's K neighbours"},
-    "statistics": _switch({"enum": ["reestimate", "momentum", None]}, "re-estimate or momentum-merge"),
-    "update_interval": _switch({"type": ["integer", "null"], "minimum": 1}, "epochs between statistics updates"),
-    "start": _switch({"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1},
+    "statistics": variant_switch({"enum": ["reestimate", "momentum", None]}, "re-estimate or momentum-merge"),
+    "update_interval": variant_switch({"type": ["integer", "null"], "minimum": 1}, "epochs between statistics updates"),
+    "start": variant_switch({"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1},
                      "fraction of the epochs before statistics and synthesis start"),
-    "correction": _switch({"enum": ["auto", True, False, None]}, "neighbor correction: auto = above 1,000 classes"),
-    "cumulative_sqrt": _switch({"type": ["boolean", "null"]}, "copy m uses Sigma^(1/2^m)"),
-    "exclude_own_copies": _switch({"type": ["boolean", "null"]}, "an anchor's own synthetics are not positives"),
-    "lambda_decay": _switch({"type": ["boolean", "null"]}, "lambda x 1/0.9/0.75/0.6 after 40/60/80 % of the epochs"),
+    "correction": variant_switch({"enum": ["auto", True, False, None]}, "neighbor correction: auto = above 1,000 classes"),
+    "cumulative_sqrt": variant_switch({"type": ["boolean", "null"]}, "copy m uses Sigma^(1/2^m)"),
+    "exclude_own_copies": variant_switch({"type": ["boolean", "null"]}, "an anchor's own synthetics are not positives"),
+    "lambda_decay": variant_switch({"type": ["boolean", "null"]}, "lambda x 1/0.9/0.75/0.6 after 40/60/80 % of the epochs"),
 }
 
 
 def resolve(args: dict) -> dict:
     """The arguments with every null switch replaced by its variant's value."""
-    preset = VARIANTS[args["variant"]]
-    return {**args, **{k: preset[k] if args.get(k) is None else args[k] for k in preset}}
+    return resolve_variant(args, VARIANTS)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -214,6 +214,18 @@ def wrapper_args(where: str, cfg: Any, registry: Registry = REGULARIZERS) -> Dic
     return resolved
 
 
+def variant_switch(kind: Mapping[str, Any], description: str) -> Dict[str, Any]:
+    """The schema of a paper-versus-code switch: null (the default) takes the chosen variant's value."""
+    return {**kind, "default": None, "description": f"{description} (null: the variant's value)"}
+
+
+def resolve_variant(args: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
+    """``args`` with every null switch replaced by the value of ``variants[args["variant"]]``; a
+    switch given explicitly wins over its variant."""
+    preset = variants[args["variant"]]
+    return {**args, **{k: preset[k] if args.get(k) is None else args[k] for k in preset}}
+
+
 def method_problems(method_cfg: Mapping[str, Any]) -> list:
     """Problems in a method's ``loss_args`` / ``miner_args`` / ``regularizer`` (typos, wrong types),
     found before any training starts; [] when the method is sound."""

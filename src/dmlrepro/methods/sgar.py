@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
 from ..errors import DmlReproError
-from .pml import AUGMENTERS, CriterionWrapper
+from .pml import AUGMENTERS, CriterionWrapper, resolve_variant, variant_switch
 
 LABEL = "SGAR"
 _EPS = 1e-12  # F.normalize's floor under a norm
@@ -106,9 +106,6 @@ VARIANTS = {
 }
 DIRECTIONS = ("random", "random_per_sample", "learned")
 
-
-def _switch(kind: dict, description: str) -> dict:
-    return {**kind, "default": None, "description": f"{description} (null: the variant's value)"}
 
 
 SCHEMA = {
@@ -130,22 +127,21 @@ SCHEMA = {
                   "description": "margin of L_sp; null: the base Proxy-Anchor's margin"},
     "projector_dim": {"type": ["integer", "null"], "minimum": 1, "default": None,
                       "description": "d' (rows of W); null: the embedding size"},
-    "directions": _switch({"enum": [*DIRECTIONS, None]},
+    "directions": variant_switch({"enum": [*DIRECTIONS, None]},
                           "random (fresh per step) | random_per_sample | learned (the code's shuffled bank)"),
-    "normalize_offsets": _switch({"type": ["boolean", "null"]}, "offsets re-normalised to unit length"),
-    "metric_on_projection": _switch({"type": ["boolean", "null"]}, "Proxy-Anchor on q(x) instead of x"),
-    "double_ranking": _switch({"type": ["boolean", "null"]}, "the ranking term counted twice"),
-    "sp_last_sample_only": _switch({"type": ["boolean", "null"]}, "L_sp from the last gated sample of a class only"),
-    "repeated_proxy_projection": _switch({"type": ["boolean", "null"]}, "L_sp against q^{|S_c|}(P_c)"),
-    "projector_lr_multiplier": _switch({"type": ["number", "null"], "exclusiveMinimum": 0},
+    "normalize_offsets": variant_switch({"type": ["boolean", "null"]}, "offsets re-normalised to unit length"),
+    "metric_on_projection": variant_switch({"type": ["boolean", "null"]}, "Proxy-Anchor on q(x) instead of x"),
+    "double_ranking": variant_switch({"type": ["boolean", "null"]}, "the ranking term counted twice"),
+    "sp_last_sample_only": variant_switch({"type": ["boolean", "null"]}, "L_sp from the last gated sample of a class only"),
+    "repeated_proxy_projection": variant_switch({"type": ["boolean", "null"]}, "L_sp against q^{|S_c|}(P_c)"),
+    "projector_lr_multiplier": variant_switch({"type": ["number", "null"], "exclusiveMinimum": 0},
                                        "lr of W, b (and the bank D) / the head's lr"),
 }
 
 
 def resolve(args: dict) -> dict:
     """The arguments with every null switch replaced by its variant's value."""
-    preset = VARIANTS[args["variant"]]
-    return {**args, **{k: preset[k] if args.get(k) is None else args[k] for k in preset}}
+    return resolve_variant(args, VARIANTS)
 
 
 # ------------------------------------------------------------------------------------------------
