@@ -95,3 +95,21 @@ def test_every_iaa_argument_is_a_dvc_param_and_defaults_name_the_same_run(tmp_pa
     assert short.hash == written.hash
     params["methods"]["multi_similarity_iaa"]["augmenter"] = {"iaa": {"lam": 0.7}}
     assert load_study(params).table("demo/t").rows[0].runs["glyphs"][0].hash != written.hash
+
+
+def test_params_yaml_writes_out_every_wrapper_argument():
+    """DVC's `exp run -S` only reaches keys params.yaml has: every IAA / SGAR / DA method there
+    lists all of its wrapper's arguments (the schema's keys, an independent list)."""
+    import yaml
+
+    from conftest import REPO
+    from dmlrepro.methods import WRAPPER_KEYS
+
+    methods = yaml.safe_load((REPO / "params.yaml").read_text())["methods"]
+    wrapped = 0
+    for name, method in methods.items():
+        for key, registry in WRAPPER_KEYS.items():
+            for wrapper, args in (method.get(key) or {}).items():
+                assert set(args) == set(registry.metadata(wrapper)["schema"]), f"methods.{name}.{key}.{wrapper}"
+                wrapped += 1
+    assert wrapped >= 3 + 6 + 3 + 1  # IAA's main and Table X methods, DA's three, SGAR
