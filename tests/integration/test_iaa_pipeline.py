@@ -63,4 +63,4 @@ def test_snakemake_trains_ms_with_iaa_in_both_variants(tmp_path):
     notes = sorted(r.data.tags.get("method_note", "-") for r in training)
     assert notes == ["-", "IAA", "IAA"]
     variants = sorted(r.data.params.get("method.augmenter.iaa.variant", "-") for r in training)
-    assert variants == ["-", "-", "code"]  # the paper variant is the default: its config does not name it
+    assert variants == ["-", "code", "paper"]  # the defaults are filled in: the record names the variant
