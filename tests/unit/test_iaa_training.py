@@ -11,7 +11,7 @@ import torch
 from dmlrepro.methods.iaa import IntraClassAugmenter
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
-from test_training import _epochs, setup  # noqa: F401  (fixture)
+from test_training import _epochs, setup, train_killed_and_resumed  # noqa: F401  (fixture)
 
 
 def _iaa_run(params, **iaa):
@@ -25,19 +25,8 @@ def test_a_killed_ms_iaa_run_resumes_to_identical_metrics(setup, monkeypatch):  
     params, _, tmp = setup
     # statistics at epochs 1 and 3: after the kill at epoch 1, epoch 2 runs on checkpointed statistics
     run = _iaa_run(params, update_interval=2, copies=2)
-    frozen.train_run(params, run, tmp / "uninterrupted", "cpu")
-    reference = json.loads((tmp / "uninterrupted/history.json").read_text())
-
-    monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", "1")
-    with pytest.raises(SystemExit):
-        frozen.train_run(params, run, tmp / "resumed", "cpu")
-    torch.rand(1000)  # the resumed process's generators are wherever they happen to be
-    monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
-    frozen.train_run(params, run, tmp / "resumed", "cpu")
-    resumed = json.loads((tmp / "resumed/history.json").read_text())
+    (reference, reference_model), (resumed, model) = train_killed_and_resumed(params, run, tmp, monkeypatch)
     assert _epochs(resumed) == _epochs(reference) and len(reference["epochs"]) == 4
-    model = torch.load(tmp / "resumed/model.pt", weights_only=False)
-    reference_model = torch.load(tmp / "uninterrupted/model.pt", weights_only=False)
     for key, value in reference_model["best_state"].items():
         assert torch.equal(model["best_state"][key], value), key
 

@@ -22,7 +22,7 @@ from dmlrepro.methods.sgar import SCHEMA, VARIANTS, SyntheticRanking, grouped_lo
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
 from conftest import REPO
-from test_training import _epochs, setup  # noqa: F401  (fixture)
+from test_training import _epochs, setup, train_killed_and_resumed  # noqa: F401  (fixture)
 
 DT = torch.float64
 
@@ -458,20 +458,8 @@ def _sgar_run(params, **args):
 def test_a_killed_sgar_run_resumes_to_identical_metrics(setup, monkeypatch, variant):  # noqa: F811
     params, _, tmp = setup
     run = _sgar_run(params, variant=variant, tau=None)  # every sample synthesised: random draws each step
-    frozen.train_run(params, run, tmp / "uninterrupted", "cpu")
-    reference = json.loads((tmp / "uninterrupted/history.json").read_text())
-
-    monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", "1")
-    with pytest.raises(SystemExit):
-        frozen.train_run(params, run, tmp / "resumed", "cpu")
-    torch.rand(1000)  # the resumed process's generators are wherever they happen to be
-    np.random.rand(1000)
-    monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
-    frozen.train_run(params, run, tmp / "resumed", "cpu")
-    resumed = json.loads((tmp / "resumed/history.json").read_text())
+    (reference, reference_model), (resumed, model) = train_killed_and_resumed(params, run, tmp, monkeypatch)
     assert _epochs(resumed) == _epochs(reference) and len(reference["epochs"]) == 3
-    model = torch.load(tmp / "resumed/model.pt", weights_only=False)
-    reference_model = torch.load(tmp / "uninterrupted/model.pt", weights_only=False)
     for key, value in reference_model["last_state"].items():
         assert torch.equal(model["last_state"][key], value), key
 

@@ -57,6 +57,23 @@ def _epochs(history):
     return [{k: v for k, v in e.items() if k != "seconds"} for e in history["epochs"]]
 
 
+def train_killed_and_resumed(params, run, tmp, monkeypatch, stop_after: int = 1):
+    """Train `run` once uninterrupted and once killed after epoch `stop_after` then resumed (the
+    generators scrambled in between); returns (reference, resumed) as (history, model) pairs."""
+    frozen.train_run(params, run, tmp / "uninterrupted", "cpu")
+    monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", str(stop_after))
+    with pytest.raises(SystemExit):
+        frozen.train_run(params, run, tmp / "resumed", "cpu")
+    assert not (tmp / "resumed/model.pt").exists()
+    torch.rand(1000)  # the resumed process's generators are wherever they happen to be
+    np.random.rand(1000)
+    monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
+    frozen.train_run(params, run, tmp / "resumed", "cpu")
+    return tuple((json.loads((tmp / name / "history.json").read_text()),
+                  torch.load(tmp / name / "model.pt", weights_only=False))
+                 for name in ("uninterrupted", "resumed"))
+
+
 def test_a_killed_run_of_a_random_loss_resumes_to_identical_metrics(setup, monkeypatch):
     params, run, tmp = setup
     real = frozen.build_criterion
