@@ -69,14 +69,17 @@ def _raise_on_sigterm() -> None:
 
 
 def cmd_train(params: dict, args) -> None:
-    from .training.frozen import train_run
+    from .training import train as train_run
+    from .training.distributed import from_environment
 
+    if bool(args.run) == bool(args.run_id):
+        raise DmlReproError("name the run once: `dmlrepro train --run RUN` or `dmlrepro train RUN`")
     study = _study(params)
-    run = study.run(args.run)
+    run = study.run(args.run or args.run_id)
     # the flag, or what the declarations and params.yaml ask now (a `dvc exp run -S` cannot change the flag)
     every_epoch = args.test_every_epoch or study.needs[run.id].test_every_epoch
     device = _device(params, args.device)
-    if args.no_mlflow:
+    if args.no_mlflow or not from_environment().is_main:  # under torchrun, rank 0 alone keeps the record
         summary = train_run(params, run, run.dir(params), device, test_every_epoch=every_epoch)
     else:
         from .reporting.tracking import TrainingTracker
@@ -312,8 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("extract", cmd_extract, "cache frozen backbone features of a prepared dataset")
     p.add_argument("--features", required=True, help="DATASET/BACKBONE[-HASH], as `dmlrepro list runs` uses")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p = add("train", cmd_train, "train an embedding head on cached features")
-    p.add_argument("--run", required=True, help="run id, e.g. glyphs/efficientnet_lite0/triplet/seed0")
+    p = add("train", cmd_train, "train a run: a head on cached features, or end to end (regime finetune)")
+    p.add_argument("--run", help="run id, e.g. glyphs/efficientnet_lite0/triplet/seed0")
+    # torchrun's own parser takes `--run` for its --run-path: under torchrun the id goes positionally
+    p.add_argument("run_id", nargs="?", metavar="RUN", help="the run id, positionally (as `torchrun ... -m dmlrepro "
+                   "train RUN` needs)")
     p.add_argument("--test-every-epoch", action="store_true",
                    help="also score test each epoch and keep the best-on-test weights (papers' protocol)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

@@ -142,7 +142,7 @@ def _train_class_sizes(manifest: Path) -> dict[str, int]:
 
 def _train_problems(train: dict) -> list[str]:
     problems = []
-    if train["batch_size"] % train["m_per_class"]:
+    if train.get("sampling", "m_per_class") == "m_per_class" and train["batch_size"] % train["m_per_class"]:
         problems.append(f"batch_size: {train['batch_size']} is not a multiple of m_per_class ({train['m_per_class']})")
     for e in train.get("lr_milestones", []):
         if e >= train["epochs"]:
@@ -160,9 +160,12 @@ def section_problems(run_cfg: dict) -> list[str]:
     problems = []
     training_free = run_cfg["method"].get("loss") in TRAINING_FREE_LOSSES
     for section, fragment in (("backbone", full["properties"]["backbone"]), ("regime", full["properties"]["regime"]),
-                              ("extract", full["properties"]["extract"]), ("train", full["properties"]["train"]),
+                              ("extract", full["properties"]["extract"]), ("finetune", full["properties"]["finetune"]),
+                              ("train", full["properties"]["train"]),
                               ("evaluation", full["properties"]["evaluation"]),
                               ("method", {"$ref": "#/$defs/method"})):
+        if section not in run_cfg:  # each regime has its own settings section (extract or finetune)
+            continue
         value = run_cfg[section]
         if section == "train" and training_free:
             continue

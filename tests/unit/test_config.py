@@ -59,8 +59,8 @@ def test_top_level_seeds_figures_regime_are_checked(params):
     bad["figures"] = ["no_slash"]
     assert "figures.0" in _error(bad)
     bad = copy.deepcopy(params)
-    bad["regime"] = "finetune"
-    assert 'regime: "finetune" is not allowed; choose one of: "frozen"' in _error(bad)
+    bad["regime"] = "fine-tune"
+    assert 'regime: "fine-tune" is not allowed; choose one of: "frozen", "finetune"' in _error(bad)
 
 
 def test_batch_must_divide_into_classes(params):

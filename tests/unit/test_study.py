@@ -74,7 +74,7 @@ def test_resolution_order_defaults_preset_overrides_sweep(params):
     assert {k: v for k, v in sweep_run.config["train"].items() if k != "iterations_per_epoch"} == \
         {k: v for k, v in train.items() if k != "iterations_per_epoch"}
     assert sweep_run.id != row_run.id and sweep_run.hash != row_run.hash
-    assert study.presets_of[row_run.id] == {("demo", "p")} == study.presets_of[sweep_run.id]
+    assert study.presets_of[row_run.id] == {("demo", "presets.p")} == study.presets_of[sweep_run.id]
 
 
 def test_overrides_leave_params_untouched(params):
@@ -237,7 +237,7 @@ def test_run_naming_and_sharing(params):
     assert [r.id for r in b.rows[0].runs["glyphs"]] == [r.id for r in a.rows[1].runs["glyphs"]]
     # a run object is shared, not a copy
     assert a.rows[1].runs["glyphs"][0] is b.rows[0].runs["glyphs"][0]
-    assert study.presets_of[a.rows[1].runs["glyphs"][0].id] == {("demo", "emb")}
+    assert study.presets_of[a.rows[1].runs["glyphs"][0].id] == {("demo", "presets.emb")}
     assert len(study.runs_of([a, b], [])) == 10
 
 

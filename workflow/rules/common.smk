@@ -73,8 +73,8 @@ def feature_settings(wildcards):
     return canonical(dml_semantic(features_of(wildcards).config))
 
 
-def run_features_file(wildcards):
-    return str(run_of(wildcards).features.path(config))
+def run_input(wildcards):
+    return stages.run_input(config, run_of(wildcards))
 
 
 def run_settings(wildcards):

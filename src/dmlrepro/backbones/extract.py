@@ -247,7 +247,8 @@ def extract_features(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings["threads"])
     try:
-        backbone = create_backbone(name, weights=(backbone_cfg or {}).get("weights"), input_size=size)
+        backbone = create_backbone(name, weights=(backbone_cfg or {}).get("weights"), input_size=size,
+                                   pooling=(backbone_cfg or {}).get("pooling"))
         runner = compile_for_inference(backbone, device, engine=settings["engine"], threads=settings["threads"])
         arrays, seconds, n_views = _run(rows, splits, size, settings, backbone.feature_dim, runner, progress)
     finally:
@@ -261,8 +262,8 @@ def extract_features(
         "weights_sha256": backbone.weights_sha256,
         "input_size": size,
         "feature_dim": backbone.feature_dim,
-        "normalisation": f"(pixel - {backbone.pixel_mean:g}) / {backbone.pixel_std:g}",
-        "pooling": "global average",
+        "normalisation": backbone.normalisation,
+        "pooling": backbone.pooling,
         "splits": {split: len(idx) for split, idx in splits.items()},
         "views": views,
         "train_views": settings["train_views"],

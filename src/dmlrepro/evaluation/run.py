@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import atomic
 from ..backbones.extract import feature_splits, load_features
+from ..config import dataset_dir
 from ..errors import DmlReproError
 from ..study.runs import Run
 from ..training.frozen import embed, head_from_model, load_model, set_threads
@@ -41,6 +42,35 @@ def _history_epochs(run_dir: Path, cfg_hash: str) -> dict:
     return {e["epoch"]: {k: v for k, v in e.items() if isinstance(v, dict)} for e in history["epochs"]}
 
 
+def _features(params: dict, run: Run, model: dict, device: str):
+    """Frozen regime: the cached features, embedded by the trained head."""
+    feat_path = run.features.path(params)
+    sets = evaluation_sets(feature_splits(feat_path), str(feat_path))
+    feats = load_features(feat_path, splits=dict.fromkeys(["val", *(sp for s in sets for sp in s.splits)]))
+
+    def embedder(which: str):
+        head = head_from_model(model, which).to(device)
+        return lambda x: embed(head, x, device)
+    return sets, feats, embedder
+
+
+def _images(params: dict, run: Run, model: dict, device: str):
+    """Fine-tuned regime: the images' evaluation views, embedded by the fine-tuned network."""
+    from ..training.finetune import embed_rows, network_from_model, split_arrays
+    from ..training.images import ManifestImages, ViewSettings
+
+    images = ManifestImages(dataset_dir(params, run.dataset))
+    sets = evaluation_sets(images.splits, str(images.manifest))
+    feats = split_arrays(images, ["val", *(sp for s in sets for sp in s.splits)])
+    fcfg = run.config["finetune"]
+
+    def embedder(which: str):
+        net = network_from_model(model, which).to(device)
+        return lambda rows: embed_rows(net, images, ViewSettings.of(fcfg), rows, device, fcfg.get("eval_batch_size", 128),
+                                       fcfg.get("workers", 0), fcfg.get("amp", True))
+    return sets, feats, embedder
+
+
 def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool = False,
                  paper_protocol: bool = False, last_epoch: bool = False) -> dict:
     model = load_model(run_dir / "model.pt")
@@ -49,21 +79,19 @@ def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool =
             f"{run_dir / 'model.pt'} was trained with another configuration (hash {model['config_hash']}, "
             f"the declarations now give {run.hash}); rerun `dmlrepro train --run {run.id}`"
         )
-    feat_path = run.features.path(params)
-    sets = evaluation_sets(feature_splits(feat_path), str(feat_path))
+    set_threads(run.config["evaluation"].get("threads", params["evaluation"].get("threads", 1)))
+    sets, feats, embedder = (_images if run.finetuned else _features)(params, run, model, device)
     if paper_protocol and any(f"{s.name}_best_state" not in model for s in sets):
         raise DmlReproError(f"{run_dir / 'model.pt'} was trained without test scores per epoch; the papers' "
                             f"protocol needs `dmlrepro train --run {run.id} --test-every-epoch`")
-    feats = load_features(feat_path, splits=dict.fromkeys(["val", *(sp for s in sets for sp in s.splits)]))
     ks = run.config["evaluation"]["ks"]
-    set_threads(run.config["evaluation"].get("threads", params["evaluation"].get("threads", 1)))
     epochs = _history_epochs(run_dir, run.hash)
-    heads = {}
+    embedders = {}
 
     def score(which: str, eset: EvaluationSet, with_nmi: bool) -> dict:
-        if which not in heads:
-            heads[which] = head_from_model(model, which).to(device)
-        return score_set(lambda x: embed(heads[which], x, device), feats, eset, ks, with_nmi)
+        if which not in embedders:
+            embedders[which] = embedder(which)
+        return score_set(embedders[which], feats, eset, ks, with_nmi)
 
     metrics = {"config_hash": run.hash, "run": run.id, "best_epoch": model["best_epoch"],
                "last_epoch": model["last_epoch"]}

@@ -53,12 +53,19 @@ Store and concurrency: MLflow is imported lazily (its import costs over a second
 through ``MlflowClient`` (never the fluent API's global state). With a sqlite store, every write
 (and the schema creation, done once by `dmlrepro mlflow-init` before parallel jobs start) happens
 under one file lock, ``<db>.lock``, held only for a short batch of writes, so parallel jobs never
-create the schema concurrently (which corrupts it) nor contend for sqlite's write lock.
+create the schema concurrently (which corrupts it) nor contend for sqlite's write lock. That lock
+holds on one machine only: jobs spread over a cluster's nodes write to a tracking server instead
+(``tracking_uri: http://host:5000``, `mlflow server` with a PostgreSQL backend store:
+workflow/scripts/mlflow_server.sh), which serialises writes itself; there no lock is taken,
+`dmlrepro mlflow-init` only checks that the server answers (an error naming the URI if not), and
+two jobs that create the same experiment at once both end up with the one that won.
 
 Artifacts go to ``mlflow.artifact_root`` (default ``mlartifacts`` beside the sqlite file, which
 is where `mlflow server` keeps its own; a relative path is taken from the db's folder), under the
 experiment's name, fixed when the experiment is created (MLflow would otherwise use ./mlruns of
-whatever directory the first job ran in). A server URI (http://...) keeps its server's default.
+whatever directory the first job ran in). With a server URI (http://, https://) a path is ignored:
+the server's default holds (its ``--artifacts-destination``, uploaded through the server); only
+a URI (s3://...) is used as given.
 
 The UI: every experiment is tagged ``mlflow.experimentKind = custom_model_development``. MLflow
 3.17's UI, however, ignores that tag when it picks an experiment's view: it derives the kind from
@@ -81,6 +88,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import DmlReproError
 from ..hashing import sha256_file
 from ..study.declarations import Sweep, Table
 from ..study.runs import Run, flatten as flatten_keys
@@ -94,6 +102,10 @@ _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 
 def _sqlite_file(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 @contextlib.contextmanager
@@ -112,11 +124,43 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def init_store(uri: str) -> None:
-    """Create the tracking store once (schema migrations), before parallel jobs start."""
+    """Create the tracking store once (schema migrations), before parallel jobs start; for a
+    tracking server, check that it answers (its own store is the server's business)."""
     from mlflow.tracking import MlflowClient
 
+    if _is_server(uri):
+        check_server(uri)
+        return
     with store_lock(uri):
         MlflowClient(uri).search_experiments(max_results=1)
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Raise DmlReproError, naming `uri`, unless an MLflow tracking server answers there: its
+    /health at once, then its API (which MLflow's client retries for minutes when nobody answers)."""
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    health = f"{uri.rstrip('/')}/health"
+    fix = ("start it (workflow/scripts/mlflow_server.sh) on a host that every node reaches, or correct "
+           "params.yaml's mlflow.tracking_uri")
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):  # behind authentication it answers; the client has the credentials
+            raise DmlReproError(f"the MLflow tracking server {uri} does not answer: {health} "
+                                f"returned HTTP {exc.code}; {fix}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DmlReproError(f"the MLflow tracking server {uri} does not answer ({health}: "
+                            f"{getattr(exc, 'reason', exc)}); {fix}") from None
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        raise DmlReproError(f"the MLflow tracking server {uri} answers, but its API fails: {exc}") from None
 
 
 def artifact_root(params: dict) -> str | None:
@@ -125,6 +169,8 @@ def artifact_root(params: dict) -> str | None:
     root = cfg.get("artifact_root")
     if root and "://" in str(root):
         return str(root)
+    if _is_server(cfg["tracking_uri"]):  # a path here means nothing to the server: its default
+        return None
     db = _sqlite_file(cfg["tracking_uri"])
     if db is None:
         return Path(root).resolve().as_uri() if root else None
@@ -221,11 +267,18 @@ def _log_metrics(client, run_id: str, values: list) -> None:
 def _experiment(client, name: str, root: str | None, tags: dict) -> str:
     """The id of experiment `name`, created (with a fixed artifact location) or restored if needed;
     its tags (the UI's kind among them) are set when missing. Call under the store lock."""
+    from mlflow.exceptions import MlflowException
+
     tags = {KIND_TAG: KIND, **tags}
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name, artifact_location=f"{root.rstrip('/')}/{name}" if root else None,
-                                        tags=tags)
+        try:
+            return client.create_experiment(name, tags=tags,
+                                            artifact_location=f"{root.rstrip('/')}/{name}" if root else None)
+        except MlflowException as exc:  # a server store: another job created it first
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     for key, value in tags.items():

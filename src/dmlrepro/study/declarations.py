@@ -113,7 +113,7 @@ class Study:
     sweeps: dict[str, Sweep] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)  # run id -> run
     needs: dict[str, Needs] = field(default_factory=dict)  # run id -> needs
-    presets_of: dict[str, set] = field(default_factory=dict)  # run id -> {(paper, preset)}
+    presets_of: dict[str, set] = field(default_factory=dict)  # run id -> {(paper, "presets.<name>" | "real_settings.<dataset>")}
 
     # -- lookups with messages that say what exists --------------------------------------------
     def table(self, ref: str) -> Table:
@@ -143,17 +143,18 @@ class Study:
         return _unique(r for t in [*tables, *sweeps] for r in t.runs())
 
     def features_of(self, runs: list[Run]):
-        return list({r.features.id: r.features for r in runs}.values())
+        """The cached features the runs train on (fine-tuned runs read the images instead)."""
+        return list({r.features.id: r.features for r in runs if not r.finetuned}.values())
 
     # -- building ------------------------------------------------------------------------------
-    def _add(self, run: Run, paper: str, preset: str | None) -> Run:
+    def _add(self, run: Run, paper: str, presets: list[str]) -> Run:
         known = self.runs.setdefault(run.id, run)
         if known.hash != run.hash:  # two configurations, one name: a hash collision or a bug
             raise DmlReproError(f"run {run.id} resolves to two configurations ({known.hash}, {run.hash})")
         wanted = self.params["evaluation"].get("test_every_epoch") or run.config["evaluation"].get("test_every_epoch")
         self.needs.setdefault(run.id, Needs()).test_every_epoch |= bool(wanted)
-        if preset:
-            self.presets_of.setdefault(run.id, set()).add((paper, preset))
+        for key in presets:  # the declaration's settings it follows (DVC tracks them as params)
+            self.presets_of.setdefault(run.id, set()).add((paper, key))
         return known
 
 
@@ -192,7 +193,7 @@ def _schema_errors(decl: Any) -> list[str]:
         message = e.message
         if "propertyNames" in e.schema_path and "overrides" in e.absolute_path:  # a key outside the run sections
             message = (f"override key {e.instance!r} is not a run key; it must start with one of: "
-                       "backbone, regime, extract, method, train, evaluation")
+                       "backbone, regime, extract, finetune, method, train, evaluation")
         errors.append(f"{_where(decl, list(e.absolute_path))}: {message}")
     return errors
 
@@ -243,8 +244,15 @@ def _seeds(params: Mapping[str, Any], decl: Mapping[str, Any]) -> list[int]:
     return list(decl.get("seeds", params["seeds"]))
 
 
-def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str) -> list[tuple[str, Mapping]]:
+def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str, dataset: str,
+            table: tuple[str, Mapping] | None = None) -> list[tuple[str, Mapping]]:
     layers = []
+    if dataset in decl.get("real_settings", {}):  # the authors' settings on a real benchmark come first
+        layers.append((f"{where} real_settings.{dataset}", decl["real_settings"][dataset],
+                       {"real_settings": f"{paper}.{dataset}"}))  # named by paper: each has its own
+    if table and dataset in table[1].get("real_settings", {}):  # then a table's own (e.g. its backbone)
+        layers.append((f"{where} tables.{table[0]}.real_settings.{dataset}", table[1]["real_settings"][dataset],
+                       {"real_settings": f"{paper}.{table[0]}.{dataset}"}))
     preset = entry.get("preset")
     if preset is not None:
         presets = decl.get("presets", {})
@@ -288,20 +296,28 @@ def _check_metric(metric: str, ks: list[int], where: str) -> None:
 
 
 def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str, seeds, where: str,
-             extra: list | None = None) -> list[Run]:
+             extra: list | None = None, table: tuple[str, Mapping] | None = None) -> list[Run]:
     params = study.params
     method = entry["method"]
     try:
         default_config(params, dataset, method)  # the dataset and the method are defined
     except DmlReproError as exc:
         raise DmlReproError(f"{where}: {exc}") from None
-    layers = _layers(decl, paper, entry, where) + (extra or [])
+    layers = _layers(decl, paper, entry, where, dataset, table) + (extra or [])
+    presets = [_settings_key(naming["real_settings"], paper) if "real_settings" in naming else f"presets.{naming['preset']}"
+               for _, _, naming in layers if {"real_settings", "preset"} & set(naming)]
     runs = []
     for seed in seeds:
         run = resolve_run(params, dataset, method, seed, layers)
         _check_run(params, run, where)
-        runs.append(study._add(run, paper, entry.get("preset")))
+        runs.append(study._add(run, paper, presets))
     return _unique(runs)  # a training-free method is one run whatever the seed
+
+
+def _settings_key(name: str, paper: str) -> str:
+    """Where real settings named '<paper>[.<table>].<dataset>' live in the paper file (DVC's params key)."""
+    parts = name[len(paper) + 1:].split(".")
+    return ".".join(["real_settings", parts[0]] if len(parts) == 1 else ["tables", parts[0], "real_settings", parts[1]])
 
 
 def has_root(params: Mapping[str, Any], dataset: str) -> bool:
@@ -357,7 +373,8 @@ def _expand_row(study, paper, name, tdecl, rdecl, i, path, datasets, seeds, prot
     bad = sorted(set(rdecl.get("published", {})) - set(keys))
     if bad:
         raise DmlReproError(f"{where}: published values for unknown columns {bad} (columns: {', '.join(keys)})")
-    runs = {d: _resolve(study, study.papers[paper], paper, rdecl, d, seeds, where) for d in datasets}
+    runs = {d: _resolve(study, study.papers[paper], paper, rdecl, d, seeds, where, table=(name, tdecl))
+            for d in datasets}
     from ..methods import method_labels
 
     for label in method_labels(next(iter(runs.values()))[0].config["method"]):

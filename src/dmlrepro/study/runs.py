@@ -5,7 +5,8 @@ A run's configuration is one JSON-able dict with fixed sections::
     dataset     name of a params.yaml `datasets` entry (the prepared data and its class splits)
     data        that entry's settings
     backbone    {name, weights}
-    regime      "frozen" (a head on cached features)
+    regime      "frozen" (a head on cached features) or "finetune" (end to end from images)
+    finetune    fine-tuning settings (views, learning rates, warm-up): finetune runs only
     extract     feature-extraction settings
     method      {name, loss, loss_args, miner, miner_args, ...}: a params.yaml `methods` entry
     train       training settings
@@ -38,7 +39,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import DmlReproError
 
 #: Sections of a run configuration that declarations may override with dotted keys.
-OVERRIDABLE = ("backbone", "regime", "extract", "method", "train", "evaluation")
+OVERRIDABLE = ("backbone", "regime", "extract", "finetune", "method", "train", "evaluation")
 
 #: Keys that never change a result: excluded from every hash.
 NON_SEMANTIC = {
@@ -47,6 +48,8 @@ NON_SEMANTIC = {
     "extract": {"batch_size", "threads", "engine"},  # engines agree with torch within 1e-3 (checked)
     "train": {"threads"},
     "evaluation": {"threads", "test_every_epoch"},
+    # mixed precision, like the device, is how the machine runs it, not what the run is
+    "finetune": {"workers", "eval_batch_size", "amp"},
 }
 
 #: Losses that train nothing (the frozen backbone): their runs carry no training settings, so a
@@ -163,6 +166,7 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
         "backbone": params["backbone"],
         "regime": params.get("regime", "frozen"),
         "extract": params["extract"],
+        "finetune": params.get("finetune", {}),
         "method": {"name": method, **method_cfg},
         "train": {**params["train"], **method_train},
         "evaluation": {"ks": dataset_ks(params, dataset)},
@@ -249,6 +253,11 @@ class Run:
         return self.config["method"]["name"]
 
     @property
+    def finetuned(self) -> bool:
+        """Trained end to end from the images (regime finetune), not on cached features."""
+        return self.config["regime"] == "finetune"
+
+    @property
     def seed(self) -> int:
         return self.config["seed"]
 
@@ -275,7 +284,7 @@ def _naming_keys(layers: Iterable[Layer], sections: tuple[str, ...]) -> dict:
     for _, overrides, naming in layers:
         touched = {k.split(".")[0] for k in flatten(overrides)}
         for key, value in flatten(naming).items():
-            if key == "preset":
+            if key in ("preset", "real_settings"):
                 if touched & set(sections):
                     named[key] = value
                 continue
@@ -301,6 +310,10 @@ def resolve_run(params: Mapping[str, Any], dataset: str, method: str, seed: int,
     for where, overrides, _ in layers:
         apply_overrides(cfg, overrides, where)
     cfg["method"]["name"] = method  # the name is the row's, never an override's
+    if not cfg["backbone"].get("weights"):  # the user's local file for this backbone, if params.yaml names one
+        cfg["backbone"]["weights"] = (params.get("weights") or {}).get(cfg["backbone"]["name"])
+    # each regime's settings count only for it: extraction settings never rename a fine-tuned run
+    cfg.pop("extract" if cfg["regime"] == "finetune" else "finetune", None)
     cfg["seed"] = int(seed)
     if cfg["method"].get("loss") in TRAINING_FREE_LOSSES:
         cfg["seed"] = 0
@@ -308,7 +321,7 @@ def resolve_run(params: Mapping[str, Any], dataset: str, method: str, seed: int,
 
     feature_named = _naming_keys(layers, ("backbone", "regime", "extract"))
     backbone = cfg["backbone"]["name"]
-    features = FeatureSet(dataset, copy.deepcopy({s: cfg[s] for s in FEATURE_SECTIONS}),
+    features = FeatureSet(dataset, copy.deepcopy({s: cfg.get(s) for s in FEATURE_SECTIONS}),
                           backbone + (f"-{short_hash(feature_named, 8)}" if feature_named else ""))
     run_named = _naming_keys(layers, OVERRIDABLE)
     if cfg["method"].get("loss") in TRAINING_FREE_LOSSES:  # training settings do not apply

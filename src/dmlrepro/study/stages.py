@@ -19,9 +19,8 @@ _COMMON = ["cli.py", "config.py", "atomic.py", "errors.py", "registry.py", "sche
 STAGE_MODULES = {
     "prepare": [*_COMMON, "data"],
     "extract": [*_COMMON, "backbones", "data/__init__.py", "data/manifest.py"],
-    "train": [*_COMMON, "training", "evaluation/metrics.py", "backbones/__init__.py", "backbones/extract.py"],
-    "evaluate": [*_COMMON, "evaluation", "training/frozen.py", "training/heads.py", "training/sampler.py",
-                 "backbones/__init__.py", "backbones/extract.py"],
+    "train": [*_COMMON, "training", "evaluation", "backbones"],
+    "evaluate": [*_COMMON, "evaluation", "training", "backbones"],
     "table": [*_COMMON, "reporting/tables.py", "reporting/stats.py", "reporting/tracking.py"],
     "figure": [*_COMMON, "reporting/figures.py", "reporting/tables.py", "reporting/stats.py",
                "reporting/tracking.py"],
@@ -42,6 +41,12 @@ def stage_modules(stage: str, root: Path = Path(".")) -> list[str]:
 
 def features_inputs(params: Mapping, features: FeatureSet) -> list[str]:
     return [str(dataset_dir(params, features.dataset))]
+
+
+def run_input(params: Mapping, run: Run) -> str:
+    """What a run trains and is evaluated on: its cached features, or the prepared images when it
+    is fine-tuned end to end."""
+    return str(dataset_dir(params, run.dataset) if run.finetuned else run.features.path(params))
 
 
 def run_files(params: Mapping, run: Run) -> dict[str, str]:

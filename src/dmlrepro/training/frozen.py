@@ -36,7 +36,8 @@ from ..evaluation.sets import evaluation_sets, score_set
 from ..methods import build_criterion
 from ..study.runs import Run
 from .heads import EmbeddingHead, IdentityHead
-from .sampler import MPerClassBatchSampler
+from .sampler import batch_sampler
+from .selection import Selection
 
 CHECKPOINT_VERSION = 3
 
@@ -98,6 +99,30 @@ def _load_checkpoint(path: Path, cfg_hash: str) -> dict | None:
     return state
 
 
+def optimizer_and_schedule(groups: list, tcfg: dict):
+    """Adam or AdamW over the parameter groups, and the step schedule (lr x lr_gamma at each milestone)."""
+    opt_cls = torch.optim.AdamW if tcfg.get("optimizer", "adam") == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(groups, weight_decay=tcfg.get("weight_decay", 0.0))
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=tcfg.get("lr_milestones", []), gamma=tcfg.get("lr_gamma", 0.1))
+
+
+def checkpoint_path(params: dict, cfg_hash: str, test_every_epoch: bool) -> Path:
+    return Path(params["paths"]["checkpoints"]) / f"{cfg_hash}-{int(test_every_epoch)}.pt"
+
+
+def resume(path: Path, run: Run, objects: dict, announce: bool = True) -> dict | None:
+    """Load the run's checkpoint (None when there is none of this configuration) into `objects`
+    ({checkpoint key: module, optimizer, scheduler...}); returns the checkpoint."""
+    state = _load_checkpoint(path, run.hash)
+    if state is not None:
+        for key, obj in objects.items():
+            obj.load_state_dict(state[key])
+        if announce:
+            print(f"resuming {run.id} from epoch {state['epoch'] + 1} ({path})", file=sys.stderr)
+    return state
+
+
 def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False,
               tracker=None) -> dict:
     """Train one run; write model.pt and history.json into out_dir.
@@ -143,32 +168,13 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
     head = make_head("linear", in_dim, out_dim).to(device)
     criterion = build_criterion(mcfg, num_classes=len(classes), embedding_dim=out_dim, name=run.method).to(device)
     groups = [{"params": head.parameters(), "lr": tcfg["lr"]}] + criterion.param_groups(tcfg["lr"])
-    opt_cls = torch.optim.AdamW if tcfg.get("optimizer", "adam") == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(groups, weight_decay=tcfg.get("weight_decay", 0.0))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=tcfg.get("lr_milestones", []), gamma=tcfg.get("lr_gamma", 0.1)
-    )
-    sampler = MPerClassBatchSampler(
-        train_targets, tcfg["m_per_class"], tcfg["batch_size"], tcfg["iterations_per_epoch"], seed,
-        replace=tcfg.get("sample_with_replacement", False),
-    )
-    selection = tcfg.get("selection_metric", "recall@1")
-
-    ckpt_path = Path(params["paths"]["checkpoints"]) / f"{cfg_hash}-{int(test_every_epoch)}.pt"
-    state = _load_checkpoint(ckpt_path, cfg_hash)
-    if state is not None:
-        head.load_state_dict(state["head"])
-        criterion.load_state_dict(state["criterion"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best, test_best = state["history"], state["best"], state["test_best"]
-        start = state["epoch"] + 1
-        print(f"resuming {run.id} from epoch {start} ({ckpt_path})", file=sys.stderr)
-    else:
-        history = {"config_hash": cfg_hash, "epochs": []}
-        best = {"epoch": 0, "score": -1.0, "state": None}
-        test_best = {eset.name: {"epoch": 0, "score": -1.0, "state": None} for eset in test_sets}
-        start = 1
+    optimizer, scheduler = optimizer_and_schedule(groups, tcfg)
+    sampler = batch_sampler(train_targets, tcfg, seed)
+    ckpt_path = checkpoint_path(params, cfg_hash, test_every_epoch)
+    state = resume(ckpt_path, run, {"head": head, "criterion": criterion, "optimizer": optimizer,
+                                    "scheduler": scheduler})
+    history, start = (state["history"], state["epoch"] + 1) if state else ({"config_hash": cfg_hash, "epochs": []}, 1)
+    selection = Selection(tcfg.get("selection_metric", "recall@1"), [e.name for e in test_sets], state)
     mlflow_run_id = tracker.start(state and state.get("mlflow_run_id"), history["epochs"]) if tracker else None
 
     n_views = train_x.shape[0]
@@ -215,30 +221,20 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
         history["epochs"].append(entry)
         if tracker is not None:
             tracker.log_epoch(entry)
-        if scored["val"][selection] > best["score"]:
-            best = {"epoch": epoch, "score": scored["val"][selection], "state": copy.deepcopy(head.state_dict())}
-        for name, kept in test_best.items():
-            if scored[name][selection] > kept["score"]:
-                test_best[name] = {"epoch": epoch, "score": scored[name][selection],
-                                   "state": copy.deepcopy(head.state_dict())}
-        print(f"epoch {epoch}/{tcfg['epochs']} loss {entry['loss']:.4f} val {selection} {scored['val'][selection]:.4f}",
-              file=sys.stderr)
+        selection.update(epoch, scored, lambda: copy.deepcopy(head.state_dict()))
+        print(f"epoch {epoch}/{tcfg['epochs']} loss {entry['loss']:.4f} val {selection.metric} "
+              f"{scored['val'][selection.metric]:.4f}", file=sys.stderr)
         _save_checkpoint(ckpt_path, {
             "version": CHECKPOINT_VERSION, "config_hash": cfg_hash, "epoch": epoch,
             "head": head.state_dict(), "criterion": criterion.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "best": best, "test_best": test_best, "mlflow_run_id": mlflow_run_id,
+            "history": history, **selection.checkpoint(), "mlflow_run_id": mlflow_run_id,
         })
         if os.environ.get("DMLREPRO_STOP_AFTER_EPOCH") == str(epoch):  # lets tests simulate a killed job
             raise SystemExit(f"stopping after epoch {epoch} as DMLREPRO_STOP_AFTER_EPOCH asks")
 
-    history["best_epoch"] = best["epoch"]
-    model = {"head_kind": "linear", "in_dim": in_dim, "out_dim": out_dim,
-             "best_state": best["state"], "last_state": head.state_dict(),
-             "best_epoch": best["epoch"], "last_epoch": tcfg["epochs"]}
-    for name, kept in test_best.items():
-        history[f"{name}_best_epoch"] = kept["epoch"]
-        model.update({f"{name}_best_state": kept["state"], f"{name}_best_epoch": kept["epoch"]})
+    model = {"head_kind": "linear", "in_dim": in_dim, "out_dim": out_dim, "last_state": head.state_dict(),
+             "last_epoch": tcfg["epochs"], **selection.model_entries(history)}
     if mlflow_run_id is not None:
         model["mlflow_run_id"] = history["mlflow_run_id"] = mlflow_run_id
     summary = _finish(out_dir, model, history, cfg, cfg_hash)

@@ -14,10 +14,29 @@ import torch
 
 from ..errors import DmlReproError
 
-__all__ = ["MPerClassBatchSampler"]
+__all__ = ["MPerClassBatchSampler", "RandomBatchSampler", "batch_sampler"]
 
 
-class MPerClassBatchSampler(torch.utils.data.Sampler):
+class EpochBatches(torch.utils.data.Sampler):
+    """``iterations`` batches per epoch, all a pure function of (seed, epoch): ``batches(epoch)``."""
+
+    iterations: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __iter__(self) -> Iterator[List[int]]:
+        return iter(self.batches(self.epoch))
+
+    def batches(self, epoch: int) -> List[List[int]]:
+        raise NotImplementedError
+
+
+class MPerClassBatchSampler(EpochBatches):
     """Yields ``iterations`` batches (lists of int indices into ``labels``) per epoch.
 
     Each batch holds ``batch_size // m_per_class`` distinct classes with ``m_per_class`` indices
@@ -84,15 +103,6 @@ class MPerClassBatchSampler(torch.utils.data.Sampler):
         self.seed = int(seed)
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.iterations
-
-    def __iter__(self) -> Iterator[List[int]]:
-        return iter(self.batches(self.epoch))
-
     def batches(self, epoch: int) -> List[List[int]]:
         """All batches of ``epoch`` (independent of ``set_epoch``)."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch)]))
@@ -121,3 +131,29 @@ class MPerClassBatchSampler(torch.utils.data.Sampler):
                 batch.extend(int(i) for i in pick)
             out.append(batch)
         return out
+
+
+class RandomBatchSampler(EpochBatches):
+    """``train.sampling: random``: batches of ``batch_size`` indices drawn without replacement from
+    a fresh permutation per pass (the Proxy-Anchor / SGAR code's plain shuffled loader), a pure
+    function of (seed, epoch) like :class:`MPerClassBatchSampler`."""
+
+    def __init__(self, n: int, batch_size: int, iterations: int, seed: int = 0):
+        if n < batch_size:
+            raise DmlReproError(f"train.batch_size {batch_size} is larger than the {n} training images")
+        self.n, self.batch_size, self.iterations, self.seed, self.epoch = int(n), int(batch_size), int(iterations), int(seed), 0
+
+    def batches(self, epoch: int) -> List[List[int]]:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch)]))
+        order = np.concatenate([rng.permutation(self.n) for _ in range(-(-self.iterations * self.batch_size // self.n))])
+        return [order[i * self.batch_size:(i + 1) * self.batch_size].tolist() for i in range(self.iterations)]
+
+
+def batch_sampler(train_targets, tcfg: dict, seed: int):
+    """The training batches a run's `train` settings ask for (`sampling`: m_per_class or random);
+    `iterations_per_epoch` null = one pass over the training images."""
+    iterations = tcfg.get("iterations_per_epoch") or -(-len(train_targets) // tcfg["batch_size"])
+    if tcfg.get("sampling", "m_per_class") == "random":
+        return RandomBatchSampler(len(train_targets), tcfg["batch_size"], iterations, seed)
+    return MPerClassBatchSampler(train_targets, tcfg["m_per_class"], tcfg["batch_size"], iterations, seed,
+                                 replace=tcfg.get("sample_with_replacement", False))
