@@ -1,5 +1,5 @@
 """The SLURM profile (workflow/profiles/slurm): `snakemake --profile ... -n` plans the tiny study on
-a machine without SLURM, the training and extraction jobs get a GPU from the profile (not from the
+a machine without SLURM, the training, extraction and evaluation jobs get a GPU from the profile (not from the
 rules: a local run asks for none), and the executor plugin turns those resources into sbatch options."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from test_mlflow_live import PAPER
 
 pytestmark = pytest.mark.integration
 PROFILE = "workflow/profiles/slurm"
-GPU_RULES = {"train", "extract"}
+GPU_RULES = {"train", "extract", "evaluate"}  # evaluate: a fine-tuned run embeds its images
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_the_profile_plans_the_study_without_slurm(plan):
         {"prepare": 1, "extract": 1, "train": 4, "evaluate": 4, "table": 1}
 
 
-def test_training_and_extraction_get_a_gpu_and_the_others_none(plan):
+def test_training_extraction_and_evaluation_get_a_gpu_and_the_others_none(plan):
     jobs = planned_resources(plan)
     assert {rule: len(found) for rule, found in jobs.items() if rule != "all"} == \
         {"prepare": 1, "extract": 1, "train": 4, "evaluate": 4, "table": 1}
@@ -64,7 +64,7 @@ def test_training_and_extraction_get_a_gpu_and_the_others_none(plan):
             assert (resources.get("gpu") == 1) == (rule in GPU_RULES), (rule, resources)
             for key in ("slurm_partition", "mem_mb", "runtime", "cpus_per_task"):
                 assert resources[key] == expected[key], (rule, key)
-    assert jobs["train"][0]["slurm_partition"] != jobs["evaluate"][0]["slurm_partition"]
+    assert jobs["train"][0]["slurm_partition"] != jobs["table"][0]["slurm_partition"]
 
 
 def test_a_local_run_asks_for_no_gpu(workspace):
@@ -100,5 +100,5 @@ def test_the_plugin_turns_the_train_resources_into_sbatch_options(plan):
     for option in ("--gpus=1", f"--mem {train['mem_mb']}", f"-t {train['runtime']}",
                    f"--cpus-per-task={train['cpus_per_task']}"):
         assert option in call, (option, call)
-    evaluate = SimpleNamespace(resources=_Resources(planned_resources(plan)["evaluate"][0]), threads=1)
-    assert set_gres_string(evaluate) == ""
+    table = SimpleNamespace(resources=_Resources(planned_resources(plan)["table"][0]), threads=1)
+    assert set_gres_string(table) == ""

@@ -80,14 +80,6 @@ def unscale_loss_parameters(criterion: torch.nn.Module, procs: Processes) -> Non
                 p.grad /= procs.world_size
 
 
-def average(value: float, procs: Processes, device: str = "cpu") -> float:
-    if not procs.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / procs.world_size
-
-
 def barrier(procs: Processes) -> None:
     if procs.distributed:
         dist.barrier()
