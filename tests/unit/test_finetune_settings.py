@@ -94,6 +94,69 @@ def test_the_authors_settings_reach_a_papers_runs_on_a_real_benchmark(tmp_path):
     assert pa_iaa.id != pa_sgar.id and pa_iaa.config["train"]["optimizer"] != pa_sgar.config["train"]["optimizer"]
 
 
+def test_one_methods_real_settings_and_the_resize_before_the_crop_follow_the_released_code(tmp_path):
+    # IAA run.py (PAPERS.md): lr 3e-5 for Contrastive on CUB, 5e-5 for the other losses; Resize 256
+    # before the random crop on every benchmark but CUB
+    params, study = _repository_study(tmp_path, roots=("cub200", "cars196"))
+    rows = {r.label: r for r in study.table("iaa/table3").rows}
+    cub = {label: rows[label].runs["cub200"][0].config for label in ("Contrastive", "Contrastive + IAA", "Triplet")}
+    assert [c["train"]["lr"] for c in cub.values()] == [3e-5, 3e-5, 5e-5]
+    cars = rows["Contrastive"].runs["cars196"][0].config
+    assert cars["train"]["lr"] == 5e-5 and cars["finetune"]["pre_resize"] == 256
+    assert all(c["finetune"]["pre_resize"] is None for c in cub.values())
+    # the same method in another table, with a row's own overrides, follows it too
+    fixed = {r.label: r for r in study.table("iaa/table12").rows}["Contrastive + IAA (fixed)"].runs["cub200"][0]
+    assert fixed.config["train"]["lr"] == 3e-5 and fixed.config["method"]["augmenter"]["iaa"]["sampling"] == "fixed"
+    # DVC tracks the method's settings as a param of the paper file
+    params["tables"] = ["iaa/table3"]
+    stages = build_dvc_yaml(load_study(params))["stages"]
+    run = rows["Contrastive"].runs["cub200"][0]
+    stage = next(s for s in stages.values() if s["cmd"].endswith(run.id) or run.id in s["cmd"])
+    assert {str(REPO / "workflow/papers/iaa.yaml"): ["method_real_settings.contrastive_sim.cub200",
+                                                     "real_settings.cub200"]} in stage["params"]
+
+
+def test_real_settings_for_an_undefined_dataset_or_method_are_refused(tmp_path):
+    params = study_params(tmp_path)
+    write_paper(params, """
+paper: demo
+title: Demo
+real_settings:
+  cub201: {train.lr: 0.1}
+method_real_settings:
+  triplett: {glyphs: {train.lr: 0.1}}
+  triplet: {glyps: {train.lr: 0.1}}
+""")
+    with pytest.raises(DmlReproError) as err:
+        load_study(params)
+    for name in ("real_settings: 'cub201' is not a params.yaml dataset", "'triplett' is not a params.yaml method",
+                 "method_real_settings.triplet: 'glyps' is not a params.yaml dataset"):
+        assert name in str(err.value)
+
+
+def test_the_resize_before_the_crop_is_torchvisions_resize_of_the_shorter_side(tmp_path):
+    from dmlrepro.training.images import resize_shorter
+
+    # hand computation: the shorter side to 256, the longer 256 x long / short truncated
+    assert resize_shorter(Image.new("RGB", (300, 200)), 256).size == (384, 256)
+    assert resize_shorter(Image.new("RGB", (200, 301)), 256).size == (256, 385)  # 385.28 -> 385
+    path = tmp_path / "a.png"
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (500, 700, 3), dtype=np.uint8))
+    img.save(path)
+
+    class Images:
+        paths, labels = [path], np.zeros(1)
+
+    item = (0, (1, 0, 0, 0))
+    plain = TrainingViews(Images(), ViewSettings(32, 36, (0.16, 1.0), True))[item]
+    resized = TrainingViews(Images(), ViewSettings(32, 36, (0.16, 1.0), True, pre_resize=64))[item]
+    from dmlrepro.backbones.extract import augmented_view
+
+    expected = augmented_view(img.resize((89, 64), Image.Resampling.BILINEAR), 32,
+                              np.random.default_rng(np.random.SeedSequence([1, 0, 0, 0])), (0.16, 1.0), True)
+    assert np.array_equal(resized, np.asarray(expected)) and not np.array_equal(resized, plain)
+
+
 def test_both_engines_feed_fine_tuned_runs_the_images_and_track_the_real_settings(tmp_path):
     params, study = _repository_study(tmp_path)
     params["tables"] = ["iaa/table3"]

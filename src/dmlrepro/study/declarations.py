@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import DmlReproError
-from .runs import Run, default_config, resolve_run
+from .runs import SETTINGS_NAMES, Run, default_config, resolve_run
 
 PROTOCOLS = {
     "honest": "epoch selected on the class-disjoint validation split",
@@ -113,7 +113,7 @@ class Study:
     sweeps: dict[str, Sweep] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)  # run id -> run
     needs: dict[str, Needs] = field(default_factory=dict)  # run id -> needs
-    presets_of: dict[str, set] = field(default_factory=dict)  # run id -> {(paper, "presets.<name>" | "real_settings.<dataset>")}
+    presets_of: dict[str, set] = field(default_factory=dict)  # run id -> {(paper, key of its named settings)}
 
     # -- lookups with messages that say what exists --------------------------------------------
     def table(self, ref: str) -> Table:
@@ -219,6 +219,7 @@ def load_study(params: dict) -> Study:
         decl = load_declaration(path)
         paper = decl["paper"]
         study.papers[paper], study.paper_files[paper] = decl, path
+        problems += _unknown_settings_targets(params, decl, path)
         for name, tdecl in decl.get("tables", {}).items():
             try:
                 study.tables[f"{paper}/{name}"] = _expand_table(study, paper, name, tdecl, path)
@@ -240,6 +241,24 @@ def load_study(params: dict) -> Study:
     return study
 
 
+def _unknown_settings_targets(params: Mapping[str, Any], decl: dict, path: Path) -> list[str]:
+    """Real settings for a dataset or method params.yaml does not define would never apply: say so."""
+    datasets, methods = params.get("datasets", {}), params.get("methods", {})
+    where_sets = [("real_settings", decl.get("real_settings", {}))]
+    where_sets += [(f"tables.{t}.real_settings", tdecl.get("real_settings", {}))
+                   for t, tdecl in decl.get("tables", {}).items()]
+    problems = []
+    for method, per_dataset in decl.get("method_real_settings", {}).items():
+        if method not in methods:
+            problems.append(f"{path} method_real_settings: {method!r} is not a params.yaml method "
+                            f"(methods: {', '.join(sorted(methods))})")
+        where_sets.append((f"method_real_settings.{method}", per_dataset))
+    for where, per_dataset in where_sets:
+        problems += [f"{path} {where}: {d!r} is not a params.yaml dataset (datasets: {', '.join(sorted(datasets))})"
+                     for d in per_dataset if d not in datasets]
+    return problems
+
+
 def _seeds(params: Mapping[str, Any], decl: Mapping[str, Any]) -> list[int]:
     return list(decl.get("seeds", params["seeds"]))
 
@@ -253,6 +272,11 @@ def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str, datase
     if table and dataset in table[1].get("real_settings", {}):  # then a table's own (e.g. its backbone)
         layers.append((f"{where} tables.{table[0]}.real_settings.{dataset}", table[1]["real_settings"][dataset],
                        {"real_settings": f"{paper}.{table[0]}.{dataset}"}))
+    method = entry["method"]
+    if dataset in decl.get("method_real_settings", {}).get(method, {}):  # then one method's (e.g. its lr)
+        layers.append((f"{where} method_real_settings.{method}.{dataset}",
+                       decl["method_real_settings"][method][dataset],
+                       {"method_real_settings": f"{paper}.{method}.{dataset}"}))
     preset = entry.get("preset")
     if preset is not None:
         presets = decl.get("presets", {})
@@ -304,8 +328,7 @@ def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str,
     except DmlReproError as exc:
         raise DmlReproError(f"{where}: {exc}") from None
     layers = _layers(decl, paper, entry, where, dataset, table) + (extra or [])
-    presets = [_settings_key(naming["real_settings"], paper) if "real_settings" in naming else f"presets.{naming['preset']}"
-               for _, _, naming in layers if {"real_settings", "preset"} & set(naming)]
+    presets = [_settings_key(naming, paper) for _, _, naming in layers if set(naming) & set(SETTINGS_NAMES)]
     runs = []
     for seed in seeds:
         run = resolve_run(params, dataset, method, seed, layers)
@@ -314,9 +337,14 @@ def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str,
     return _unique(runs)  # a training-free method is one run whatever the seed
 
 
-def _settings_key(name: str, paper: str) -> str:
-    """Where real settings named '<paper>[.<table>].<dataset>' live in the paper file (DVC's params key)."""
-    parts = name[len(paper) + 1:].split(".")
+def _settings_key(naming: Mapping[str, str], paper: str) -> str:
+    """Where the named settings of a layer live in the paper file (DVC's params key): a preset, real
+    settings '<paper>[.<table>].<dataset>' or one method's real settings '<paper>.<method>.<dataset>'."""
+    if "preset" in naming:
+        return f"presets.{naming['preset']}"
+    if "method_real_settings" in naming:
+        return "method_real_settings." + naming["method_real_settings"][len(paper) + 1:]
+    parts = naming["real_settings"][len(paper) + 1:].split(".")
     return ".".join(["real_settings", parts[0]] if len(parts) == 1 else ["tables", parts[0], "real_settings", parts[1]])
 
 

@@ -52,6 +52,10 @@ NON_SEMANTIC = {
     "finetune": {"workers", "eval_batch_size", "amp"},
 }
 
+#: Naming keys of a layer that stand for named settings in a paper file (a preset, the authors' real
+#: settings, one method's real settings): they name a run by that name, not by their values.
+SETTINGS_NAMES = ("preset", "real_settings", "method_real_settings")
+
 #: Losses that train nothing (the frozen backbone): their runs carry no training settings, so a
 #: change of train.lr or the like does not rerun them, and no seed: they are deterministic, so a
 #: table shows them once ("single run") instead of repeating one number as if it were n seeds.
@@ -284,7 +288,7 @@ def _naming_keys(layers: Iterable[Layer], sections: tuple[str, ...]) -> dict:
     for _, overrides, naming in layers:
         touched = {k.split(".")[0] for k in flatten(overrides)}
         for key, value in flatten(naming).items():
-            if key in ("preset", "real_settings"):
+            if key in SETTINGS_NAMES:
                 if touched & set(sections):
                     named[key] = value
                 continue

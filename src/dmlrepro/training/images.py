@@ -6,6 +6,9 @@ horizontal flip with probability 1/2 (:func:`..backbones.extract.augmented_view`
 algorithm on PIL, no torchvision needed). Evaluation view: the shorter side resized to `resize`
 (256), then the centre `input_size` (224) cropped.
 
+With `pre_resize` set (the IAA code on Cars, SOP and In-Shop: 256) the shorter side is first resized
+to it, as torchvision's Resize(int) does, so the crop's pixels come from that smaller image.
+
 Every training view is drawn from its own generator, seeded by (run seed, epoch, position in the
 epoch): the images of epoch k are the same whatever the number of loader workers, whichever
 process (DDP rank) decodes them, and after a resume. The batch sampler yields lists of
@@ -30,11 +33,20 @@ class ViewSettings:
     resize: int = 256
     crop_scale: tuple = (0.16, 1.0)
     flip: bool = True
+    pre_resize: int | None = None
 
     @classmethod
     def of(cls, finetune: dict) -> "ViewSettings":
+        pre_resize = finetune.get("pre_resize")
         return cls(int(finetune["input_size"]), int(finetune["resize"]), tuple(finetune["crop_scale"]),
-                   bool(finetune["flip"]))
+                   bool(finetune["flip"]), int(pre_resize) if pre_resize else None)
+
+
+def resize_shorter(img: Image.Image, side: int) -> Image.Image:
+    """The shorter side to `side`, the longer in proportion, truncated (torchvision's Resize(int))."""
+    w, h = img.size
+    size = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
+    return img.resize(size, Image.Resampling.BILINEAR)
 
 
 def evaluation_view(img: Image.Image, resize: int, size: int) -> Image.Image:
@@ -70,6 +82,8 @@ class TrainingViews(torch.utils.data.Dataset):
         row, seed = item
         rng = np.random.default_rng(np.random.SeedSequence(list(seed)))
         img = load_rgb(self.images.paths[row])
+        if self.views.pre_resize:
+            img = resize_shorter(img, self.views.pre_resize)
         return np.asarray(augmented_view(img, self.views.input_size, rng, self.views.crop_scale, self.views.flip),
                           dtype=np.uint8)
 
