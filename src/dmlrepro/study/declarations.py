@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import DmlReproError
-from .runs import SETTINGS_NAMES, Run, default_config, resolve_run
+from .runs import Run, default_config, resolve_run
 
 PROTOCOLS = {
     "honest": "epoch selected on the class-disjoint validation split",
@@ -264,29 +264,35 @@ def _seeds(params: Mapping[str, Any], decl: Mapping[str, Any]) -> list[int]:
 
 
 def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str, dataset: str,
-            table: tuple[str, Mapping] | None = None) -> list[tuple[str, Mapping]]:
-    layers = []
+            table: tuple[str, Mapping] | None = None) -> tuple[list[tuple], list[str]]:
+    """The row's layers in order, and the paper-file keys of the named settings among them (DVC
+    tracks those as params: a preset, real settings, one method's real settings)."""
+    layers, keys = [], []
+
+    def named(key: str, overrides: Mapping, naming: Mapping) -> None:
+        layers.append((f"{where} {key}", overrides, naming))
+        keys.append(key)
+
     if dataset in decl.get("real_settings", {}):  # the authors' settings on a real benchmark come first
-        layers.append((f"{where} real_settings.{dataset}", decl["real_settings"][dataset],
-                       {"real_settings": f"{paper}.{dataset}"}))  # named by paper: each has its own
+        named(f"real_settings.{dataset}", decl["real_settings"][dataset],
+              {"real_settings": f"{paper}.{dataset}"})  # named by paper: each has its own
     if table and dataset in table[1].get("real_settings", {}):  # then a table's own (e.g. its backbone)
-        layers.append((f"{where} tables.{table[0]}.real_settings.{dataset}", table[1]["real_settings"][dataset],
-                       {"real_settings": f"{paper}.{table[0]}.{dataset}"}))
+        named(f"tables.{table[0]}.real_settings.{dataset}", table[1]["real_settings"][dataset],
+              {"real_settings": f"{paper}.{table[0]}.{dataset}"})
     method = entry["method"]
     if dataset in decl.get("method_real_settings", {}).get(method, {}):  # then one method's (e.g. its lr)
-        layers.append((f"{where} method_real_settings.{method}.{dataset}",
-                       decl["method_real_settings"][method][dataset],
-                       {"method_real_settings": f"{paper}.{method}.{dataset}"}))
+        named(f"method_real_settings.{method}.{dataset}", decl["method_real_settings"][method][dataset],
+              {"method_real_settings": f"{paper}.{method}.{dataset}"})
     preset = entry.get("preset")
     if preset is not None:
         presets = decl.get("presets", {})
         if preset not in presets:
             raise DmlReproError(f"{where}: preset {preset!r} is not defined in this file "
                                 f"(presets: {', '.join(presets) or '(none)'})")
-        layers.append((f"{where} preset {preset!r}", presets[preset], {"preset": preset}))
+        named(f"presets.{preset}", presets[preset], {"preset": preset})
     if entry.get("overrides"):
         layers.append((f"{where} overrides", entry["overrides"], entry["overrides"]))
-    return layers
+    return layers, keys
 
 
 def _check_run(params: Mapping[str, Any], run: Run, where: str) -> None:
@@ -327,25 +333,14 @@ def _resolve(study: Study, decl: dict, paper: str, entry: Mapping, dataset: str,
         default_config(params, dataset, method)  # the dataset and the method are defined
     except DmlReproError as exc:
         raise DmlReproError(f"{where}: {exc}") from None
-    layers = _layers(decl, paper, entry, where, dataset, table) + (extra or [])
-    presets = [_settings_key(naming, paper) for _, _, naming in layers if set(naming) & set(SETTINGS_NAMES)]
+    layers, presets = _layers(decl, paper, entry, where, dataset, table)
+    layers += extra or []
     runs = []
     for seed in seeds:
         run = resolve_run(params, dataset, method, seed, layers)
         _check_run(params, run, where)
         runs.append(study._add(run, paper, presets))
     return _unique(runs)  # a training-free method is one run whatever the seed
-
-
-def _settings_key(naming: Mapping[str, str], paper: str) -> str:
-    """Where the named settings of a layer live in the paper file (DVC's params key): a preset, real
-    settings '<paper>[.<table>].<dataset>' or one method's real settings '<paper>.<method>.<dataset>'."""
-    if "preset" in naming:
-        return f"presets.{naming['preset']}"
-    if "method_real_settings" in naming:
-        return "method_real_settings." + naming["method_real_settings"][len(paper) + 1:]
-    parts = naming["real_settings"][len(paper) + 1:].split(".")
-    return ".".join(["real_settings", parts[0]] if len(parts) == 1 else ["tables", parts[0], "real_settings", parts[1]])
 
 
 def has_root(params: Mapping[str, Any], dataset: str) -> bool:
