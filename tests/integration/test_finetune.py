@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -117,9 +118,20 @@ def test_torchrun_two_gloo_processes_equal_one_process_of_the_same_global_batch(
     assert len(one["epochs"]) == len(two["epochs"]) == 2
     for a, b in zip(one["epochs"], two["epochs"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)
-        assert b["val"]["recall@1"] == pytest.approx(a["val"]["recall@1"], abs=1e-6)
-    m1 = torch.load(ws / "results/single" / run_id / "model.pt", weights_only=False)["last_state"]
-    m2 = torch.load(ws / "results/ddp" / run_id / "model.pt", weights_only=False)["last_state"]
+    model1 = torch.load(ws / "results/single" / run_id / "model.pt", weights_only=False)
+    model2 = torch.load(ws / "results/ddp" / run_id / "model.pt", weights_only=False)
+    # The two runs' validation embeddings agree (unit vectors: 0.15 apart is cosine > 0.988; Adam's
+    # normalised steps amplify reduction-order differences, measured 0.056 here). Their recorded R@1
+    # may differ only by queries whose nearest neighbour can flip under that difference (on a tiny set
+    # one near-tie moves R@1 by 4 points, and which one flips depends on the processor's float path).
+    e1, e2 = validation_embeddings(ws, model1), validation_embeddings(ws, model2)
+    shift = float(np.linalg.norm(e1 - e2, axis=1).max())
+    assert shift < 0.15, f"the DDP run's validation embeddings differ by {shift:.3f} from the single process's"
+    hits, margin = nearest_neighbour_hits(e1, validation_labels(ws))
+    near_ties = int((np.abs(margin) <= 4 * shift).sum())  # |<a,b> - <a',b'>| <= |a-a'| + |b-b'| per similarity
+    assert abs(two["epochs"][-1]["val"]["recall@1"] - one["epochs"][-1]["val"]["recall@1"]) \
+        <= near_ties / len(hits) + 1e-6
+    m1, m2 = model1["last_state"], model2["last_state"]
     assert m1.keys() == m2.keys()
     # Adam's normalised steps turn float reduction-order differences of near-zero gradients into
     # visible ones, so compare what training changed: the two runs' weights differ by a small
@@ -132,3 +144,31 @@ def test_torchrun_two_gloo_processes_equal_one_process_of_the_same_global_batch(
     assert apart < 0.02 * moved, f"the runs' backbones differ by {apart / moved:.1%} of their training change"
     head = max(float((m1[k] - m2[k]).abs().max()) for k in m1 if k.startswith("head."))
     assert head < 0.05 * max(float(m1[k].abs().max()) for k in m1 if k.startswith("head."))
+
+
+def validation_labels(ws) -> np.ndarray:
+    from dmlrepro.training.images import ManifestImages
+
+    images = ManifestImages(ws / "data/glyphs")
+    return images.labels[images.rows("val")]
+
+
+def validation_embeddings(ws, model: dict) -> np.ndarray:
+    """The last epoch's L2-normalised embeddings of the validation images' evaluation views."""
+    from dmlrepro.training.finetune import embed_rows, network_from_model
+    from dmlrepro.training.images import ManifestImages, ViewSettings
+
+    images = ManifestImages(ws / "data/glyphs")
+    fcfg = model["config"]["finetune"]
+    return embed_rows(network_from_model(model, "last"), images, ViewSettings.of(fcfg), images.rows("val"), "cpu",
+                      batch=64)
+
+
+def nearest_neighbour_hits(emb: np.ndarray, labels: np.ndarray):
+    """Leave-one-out top-1 hits by brute force, and each query's margin: its best same-class
+    similarity minus its best other-class similarity."""
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    same = labels[:, None] == labels[None, :]
+    margin = np.where(same, sims, -np.inf).max(1) - np.where(~same, sims, -np.inf).max(1)
+    return margin > 0, margin
