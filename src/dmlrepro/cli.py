@@ -133,6 +133,22 @@ def cmd_figure(params: dict, args) -> None:
     _write_target(params, _study(params).sweep(args.figure), write_figure, args.no_mlflow)
 
 
+def cmd_claims(params: dict, args) -> None:
+    from .reporting.claims import write_claims_page
+
+    paths, results = write_claims_page(_study(params), args.paper)
+    for path in paths:
+        print(f"wrote {path}")
+    for result in results:
+        print(f"{result.claim.id} ({result.protocol}): {result.verdict}")
+    if not args.no_mlflow:
+        from .reporting.tracking import CLAIMS_EXPERIMENT, log_claims
+
+        written = log_claims(params, args.paper, results)
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): {written} entr{'y' if written == 1 else 'ies'} "
+              f"of experiment {CLAIMS_EXPERIMENT.format(paper=args.paper)} logged (new or updated)")
+
+
 def cmd_mlflow_init(params: dict, args) -> None:
     from .reporting.tracking import init_store
 
@@ -339,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, fn, text)
         p.add_argument(f"--{name}", required=True, help="PAPER/NAME as declared in workflow/papers/PAPER.yaml")
         p.add_argument("--no-mlflow", action="store_true", help="only write the files")
+    p = add("claims", cmd_claims, "test a paper's claims (paired differences, verdicts): results/claims/PAPER.*")
+    p.add_argument("--paper", required=True, help="a paper of workflow/papers/ that declares claims")
+    p.add_argument("--no-mlflow", action="store_true", help="only write the files")
     add("mlflow-init", cmd_mlflow_init, "create the MLflow store (before parallel jobs start)")
     add("validate", cmd_validate, "check params.yaml and every paper declaration")
     p = add("list", cmd_list, "list runs, tables or registered components")

@@ -195,6 +195,12 @@ def table_paths(params: dict, paper: str, table: str) -> tuple[Path, Path, Path]
     return base.with_suffix(".md"), base.with_suffix(".csv"), base.with_suffix(".html")
 
 
+def claims_paths(params: dict, paper: str) -> tuple[Path, Path, Path]:
+    """A paper's claims page, results/claims/<paper>.{md,csv,html}: beside the tables' folder."""
+    base = Path(params["paths"]["tables"]).parent / "claims" / paper
+    return base.with_suffix(".md"), base.with_suffix(".csv"), base.with_suffix(".html")
+
+
 def figure_paths(params: dict, paper: str, sweep: str) -> tuple[Path, Path]:
     base = Path(params["paths"]["figures"]) / paper / sweep
     return base.with_suffix(".png"), base.with_suffix(".csv")

@@ -739,7 +739,7 @@ def test_a_methods_train_block_is_checked_by_the_schema(params):
 
 def test_a_column_moves_onto_the_real_benchmark_when_its_root_is_set(tmp_path):
     """Stand-in by default, labelled as such; the user's copy of the real benchmark once its root is set."""
-    from dmlrepro.reporting.tables import column_header
+    from dmlrepro.reporting.cells import column_header
 
     params = study_params(tmp_path)
     params["datasets"]["sop"] = {"kind": "sop", "root": None}

@@ -8,7 +8,8 @@ import pytest
 from dmlrepro.config import table_paths
 from dmlrepro.errors import DmlReproError
 from dmlrepro.reporting.stats import format_cell, mean_ci
-from dmlrepro.reporting.tables import build_table, metric_value, write_table
+from dmlrepro.reporting.cells import metric_value
+from dmlrepro.reporting.tables import build_table, write_table
 from dmlrepro.study import load_study
 from studyutil import study_params, write_metrics, write_paper
 

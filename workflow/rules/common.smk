@@ -27,6 +27,7 @@ shell.prefix(f"export DMLREPRO_PARAMS={PARAMS_FILE}; ")
 PATHS = config["paths"]
 RUN = f"{PATHS['runs']}/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}"
 FEATURES = f"{PATHS['features']}/{{dataset}}/{{features}}.npz"
+CLAIMS = str(dml.claims_paths(config, "_")[0].parent)  # results/claims
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 CAPTION = "../report/caption.rst"
@@ -95,6 +96,15 @@ def table_inputs(wildcards):
 
 def sweep_inputs(wildcards):
     return stages.target_inputs(config, STUDY.sweep(f"{wildcards.paper}/{wildcards.sweep}"))
+
+
+def claims_inputs(wildcards):
+    return stages.claims_inputs(STUDY, wildcards.paper)
+
+
+def claims_caption(wildcards):
+    return (f"The claims of {STUDY.papers[wildcards.paper].get('title', wildcards.paper)}: each published "
+            "improvement as our paired difference over seeds, its 95% interval and a computed verdict.")
 
 
 def table_caption(wildcards):

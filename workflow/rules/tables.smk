@@ -41,3 +41,25 @@ rule figure:
     threads: 1
     shell:
         "dmlrepro figure --figure {wildcards.paper}/{wildcards.sweep} > {log} 2>&1"
+
+
+rule claims:
+    input:
+        claims_inputs,
+        paper_file,
+        stages.stage_modules("claims"),
+    output:
+        f"{CLAIMS}/{{paper}}.md",
+        f"{CLAIMS}/{{paper}}.csv",
+        report(f"{CLAIMS}/{{paper}}.html", caption=CAPTION, category="Claims"),
+    params:
+        caption=claims_caption,
+    log:
+        f"{LOGS}/claims/{{paper}}.log",
+    benchmark:
+        f"{BENCHMARKS}/claims/{{paper}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    shell:
+        "dmlrepro claims --paper {wildcards.paper} > {log} 2>&1"

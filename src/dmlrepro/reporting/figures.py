@@ -12,7 +12,7 @@ from .. import atomic
 from ..config import figure_paths
 from ..study.declarations import Sweep
 from .stats import mean_ci
-from .tables import metric_value
+from .cells import metric_value
 
 
 def sweep_points(params: dict, sweep: Sweep) -> list[dict]:

@@ -4,48 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from html import escape
 from pathlib import Path
 
 from .. import atomic
 from ..config import table_paths
-from ..errors import DmlReproError
-from ..evaluation.sets import metrics_block
 from ..study.declarations import PROTOCOLS, Table
-from ..study.runs import Run
+from .cells import column_header, metric_value
+from .claims import claims_html, claims_markdown, table_results
 from .stats import format_cell, mean_ci
-
-
-
-def read_metrics(params: dict, run: Run) -> dict:
-    path = run.dir(params) / "metrics.json"
-    if not path.exists():
-        raise DmlReproError(f"{path} is missing; run `dmlrepro evaluate --run {run.id}` (or the whole pipeline) first")
-    metrics = json.loads(path.read_text("utf-8"))
-    if metrics.get("config_hash") != run.hash:
-        raise DmlReproError(f"{path} comes from another configuration of {run.id} (hash {metrics.get('config_hash')},"
-                            f" now {run.hash}); rerun `dmlrepro train --run {run.id}` and `dmlrepro evaluate --run {run.id}`")
-    return metrics
-
-
-def metric_value(params: dict, run: Run, protocol: str, split: str, metric: str) -> float:
-    metrics = read_metrics(params, run)
-    block = "val" if split == "val" else metrics_block(split, protocol)
-    if block not in metrics:
-        raise DmlReproError(f"{run.dir(params) / 'metrics.json'} has no {block!r} metrics (protocol {protocol}); "
-                            f"rerun the pipeline: the study now asks for them")
-    if metric not in metrics[block]:
-        raise DmlReproError(f"{run.dir(params) / 'metrics.json'} has no {metric} under {block!r}; rerun "
-                            f"`dmlrepro evaluate --run {run.id}` with the flags the study gives (`dmlrepro list runs`)")
-    return metrics[block][metric]
-
-
-def column_header(col: dict) -> str:
-    dataset = f"{col['dataset']} ({col['as']} stand-in)" if col.get("as") else col["dataset"]
-    split = "" if col.get("split", "test") == "test" else f" [{col['split']}]"
-    return f"{dataset} {col.get('header', col['metric'])}{split}"
 
 
 def table_blocks(params: dict, table: Table) -> tuple[list[str], list[tuple[str, list[list[str]]]], list[dict]]:
@@ -82,7 +50,7 @@ def _notes(table: Table) -> list[str]:
     return [" ".join(note.split()) for note in table.decl.get("notes", [])]
 
 
-def render_markdown(table: Table, headers, blocks) -> str:
+def render_markdown(table: Table, headers, blocks, claims=()) -> str:
     lines = [f"# {table.ref}", "", table.caption, "", _legend(table), ""]
     for protocol, rows in blocks:
         lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
@@ -90,10 +58,12 @@ def render_markdown(table: Table, headers, blocks) -> str:
                   *("| " + " | ".join(cells) + " |" for cells in rows), ""]
     if _notes(table):
         lines += ["Notes:", "", *(f"{i}. {note}" for i, note in enumerate(_notes(table), 1)), ""]
+    if claims:
+        lines += [claims_markdown(list(claims))]
     return "\n".join(lines)
 
 
-def render_html(table: Table, headers, blocks) -> str:
+def render_html(table: Table, headers, blocks, claims=()) -> str:
     """A self-contained page (the Snakemake report shows it inline)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(table.ref)}</title><style>"
              "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
@@ -107,17 +77,20 @@ def render_html(table: Table, headers, blocks) -> str:
         parts.append("</table>")
     if _notes(table):
         parts.append("<p>Notes:</p><ol>" + "".join(f"<li>{escape(n)}</li>" for n in _notes(table)) + "</ol>")
+    if claims:
+        parts.append(claims_html(list(claims)))
     return "".join(parts) + "</body></html>\n"
 
 
 def build_table(params: dict, table: Table) -> tuple[str, str, str]:
     """Return (markdown, csv, html) text for one declared table; values in percent."""
     headers, blocks, records = table_blocks(params, table)
+    claims = table_results(params, table)  # the table's runs are all evaluated: every claim is built
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    return render_markdown(table, headers, blocks), buf.getvalue(), render_html(table, headers, blocks)
+    return render_markdown(table, headers, blocks, claims), buf.getvalue(), render_html(table, headers, blocks, claims)
 
 
 def write_table(params: dict, table: Table) -> list[Path]:

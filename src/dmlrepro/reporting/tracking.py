@@ -5,7 +5,10 @@ Experiments
         (e.g. glyphs/efficientnet_lite0/triplet/seed0). A hyphen never occurs in a paper's name,
         so these names cannot meet a table's.
     ``<paper>/<table>`` (and ``<paper>/<sweep>``)  one entry per (row, dataset, seed) of a table
-        or figure, written by `dmlrepro table` / `dmlrepro figure`, linked to its training run.
+        or figure, written by `dmlrepro table` / `dmlrepro figure`, linked to its training run,
+        with its dataset input, source and time span.
+    ``claims/<paper>``  one entry per (claim, protocol), written by `dmlrepro claims`: our paired
+        difference, its interval, n and the published difference as metrics, the verdict as a tag.
 
 A training run is opened when training starts (:class:`TrainingTracker`), with the flattened run
 configuration as parameters, the dataset as an MLflow dataset input (name = the dataset, digest =
@@ -495,7 +498,8 @@ def _run_payload(params: dict, run: Run) -> dict:
     ts = _now_ms()
     values = [m for entry in history["epochs"] for m in epoch_metrics(entry, ts)] + final_metrics(metrics, ts)
     return {"config_hash": metrics["config_hash"], "metrics_sha256": sha256_file(metrics_file),
-            "training_run_id": history.get("mlflow_run_id") or "", "params": flatten(run.config), "metrics": values}
+            "training_run_id": history.get("mlflow_run_id") or "", "params": flatten(run.config), "metrics": values,
+            "seconds": sum(e.get("seconds", 0.0) for e in history["epochs"])}
 
 
 def _all_runs(client, exp_id: str) -> list:
@@ -508,24 +512,40 @@ def _all_runs(client, exp_id: str) -> list:
             return runs
 
 
-def _training_link(client, training_run_id: str, cache: dict) -> tuple[str, str]:
-    """(experiment id, markdown note) of a training run, or ('', note) when it is not in this store."""
+def _training_run(client, training_run_id: str, cache: dict):
+    """The training run of that id (None when trained without tracking or not in this store)."""
     from mlflow.exceptions import MlflowException
 
-    if not training_run_id:
-        return "", "Trained without MLflow tracking: no training run is linked."
-    if training_run_id not in cache:
+    if training_run_id and training_run_id not in cache:
         try:
-            info = client.get_run(training_run_id)
-            cache[training_run_id] = (info.info.experiment_id, info.info.run_name)
+            cache[training_run_id] = client.get_run(training_run_id)
         except MlflowException as exc:
             if not _not_found(exc):
                 raise
-            cache[training_run_id] = ("", "")
-    exp_id, name = cache[training_run_id]
-    if not exp_id:
+            cache[training_run_id] = None
+    return cache.get(training_run_id) if training_run_id else None
+
+
+def _training_link(training_run_id: str, training) -> tuple[str, str]:
+    """(experiment id, markdown note) of a training run, or ('', note) when it is not in this store."""
+    if not training_run_id:
+        return "", "Trained without MLflow tracking: no training run is linked."
+    if training is None:
         return "", f"Training run {training_run_id} (not in this tracking store)."
+    exp_id, name = training.info.experiment_id, training.info.run_name
     return exp_id, f"Training run: [{name or training_run_id}]({ui_url(exp_id, training_run_id)})"
+
+
+def _as_trained(training, history_seconds: float) -> dict:
+    """What the UI's Dataset, Source and Duration columns show for an entry: its training run's
+    dataset input, source and time span (without a training run: its epochs' seconds, ending now)."""
+    if training is not None and training.info.end_time:
+        span = (training.info.start_time, training.info.end_time)
+        inputs = list(training.inputs.dataset_inputs) if training.inputs else []
+    else:
+        end = _now_ms()
+        span, inputs = (end - int(1000 * history_seconds), end), []
+    return {"start_time": span[0], "end_time": span[1], "inputs": inputs}
 
 
 def log_target(params: dict, target: Table | Sweep) -> int:
@@ -552,19 +572,75 @@ def log_target(params: dict, target: Table | Sweep) -> int:
                 continue
             for stale in old:  # changed, retrained, or left unfinished by a killed job
                 client.delete_run(stale.info.run_id)
-            training_exp, note = _training_link(client, payload["training_run_id"], links)
+            training = _training_run(client, payload["training_run_id"], links)
+            training_exp, note = _training_link(payload["training_run_id"], training)
+            trained = _as_trained(training, payload["seconds"])
             tags = {"paper": target.paper, "table": target.name, "row": row, "method": run.method,
                     "dataset": run.dataset, "backbone": run.backbone, "seed": str(run.seed), "run": run.id,
                     "config_hash": payload["config_hash"], "metrics_sha256": payload["metrics_sha256"],
                     "training_run_id": payload["training_run_id"], "training_experiment_id": training_exp,
                     **git, "mlflow.source.git.commit": git["git_commit"], "mlflow.note.content": note,
-                    **method_note(run)}
-            run_id = client.create_run(exp_id, tags=tags, run_name=f"{row}/{run.dataset}/seed{run.seed}").info.run_id
+                    "mlflow.source.name": "dmlrepro train", "mlflow.source.type": "LOCAL", **method_note(run)}
+            run_id = client.create_run(exp_id, start_time=trained["start_time"], tags=tags,
+                                       run_name=f"{row}/{run.dataset}/seed{run.seed}").info.run_id
             _log_params(client, run_id, payload["params"])
             _log_metrics(client, run_id, payload["metrics"])
-            client.set_terminated(run_id, "FINISHED")
+            if trained["inputs"]:
+                client.log_inputs(run_id, datasets=trained["inputs"])
+            client.set_terminated(run_id, "FINISHED", end_time=trained["end_time"])
             written += 1
         for gone in existing.values():  # rows, datasets or seeds the declaration no longer has
+            for stale in gone:
+                client.delete_run(stale.info.run_id)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Claims
+
+CLAIMS_EXPERIMENT = "claims/{paper}"
+
+
+def log_claims(params: dict, paper: str, results: list) -> int:
+    """One entry per (claim, protocol) in the experiment ``claims/<paper>``: the difference, its
+    interval, n and the published difference as metrics, the verdict as a tag. An entry whose
+    values are unchanged is kept; a changed one is replaced (MLflow params cannot change)."""
+    from mlflow.entities import Metric
+
+    from .claims import records
+
+    uri = params["mlflow"]["tracking_uri"]
+    git = git_state()
+    written = 0
+    with store_lock(uri):
+        client = _client(uri)
+        exp_id = _experiment(client, CLAIMS_EXPERIMENT.format(paper=paper), artifact_root(params), {"paper": paper})
+        existing: dict[str, list] = {}
+        for found in _all_runs(client, exp_id):
+            existing.setdefault(found.data.tags.get("claim", ""), []).append(found)
+        for result, record in zip(results, records(results)):
+            key = f"{result.claim.id} ({result.protocol})"
+            digest = json.dumps(record, sort_keys=True, default=str)
+            old = existing.pop(key, [])
+            if len(old) == 1 and old[0].data.tags.get("record") == digest[:5000]:
+                continue
+            for stale in old:
+                client.delete_run(stale.info.run_id)
+            tags = {"claim": key, "record": digest[:5000], "verdict": record["verdict"], "table": record["table"],
+                    "base": record["base"], "method": record["method"], "column": record["column"],
+                    "dataset": record["dataset"], "stand_in_for": record["stand_in_for"],
+                    "protocol": record["protocol"], "source": record["source"], **git,
+                    "mlflow.source.name": "dmlrepro claims", "mlflow.source.type": "LOCAL",
+                    "mlflow.note.content": f"{key}: {record['verdict']}" + (f" ({record['note']})" if record["note"] else "")}
+            run_id = client.create_run(exp_id, tags=tags, run_name=key[:250]).info.run_id
+            _log_params(client, run_id, {k: str(record[k]) for k in ("base", "method", "column", "metric", "split",
+                                                                       "protocol", "published_base", "published_method")})
+            values = {k: record[k] for k in ("ours_diff", "ci95_low", "ci95_high", "n", "published_diff", "ratio")
+                      if record[k] is not None}
+            _log_metrics(client, run_id, [Metric(k, float(v), _now_ms(), 0) for k, v in values.items()])
+            client.set_terminated(run_id, "FINISHED")
+            written += 1
+        for gone in existing.values():
             for stale in gone:
                 client.delete_run(stale.info.run_id)
     return written

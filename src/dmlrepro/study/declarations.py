@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import DmlReproError
+from .claims import Claim, expand_claims
 from .runs import Run, default_config, resolve_run
 
 PROTOCOLS = {
@@ -80,6 +81,7 @@ class _Target:
 @dataclass
 class Table(_Target):
     rows: list[Row]
+    claims: list[Claim] = field(default_factory=list)  # published improvements between its rows
 
     @property
     def protocols(self) -> list[str]:
@@ -138,6 +140,10 @@ class Study:
         """The tables and figures params.yaml asks the pipeline to build."""
         return ([self.table(r) for r in self.params.get("tables", [])],
                 [self.sweep(r) for r in self.params.get("figures", [])])
+
+    def claims_of(self, paper: str) -> list[Claim]:
+        """Every claim of a paper's tables, in declaration order."""
+        return [c for t in self.tables.values() if t.paper == paper for c in t.claims]
 
     def runs_of(self, tables: list[Table], sweeps: list[Sweep]) -> list[Run]:
         return _unique(r for t in [*tables, *sweeps] for r in t.runs())
@@ -388,7 +394,8 @@ def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) 
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         raise DmlReproError(f"{path} tables.{name}: row labels must be unique (got {labels})")
-    return Table(paper, name, tdecl, seeds, rows)
+    claims = expand_claims(paper, name, study.papers[paper], tdecl, rows, f"{path} tables.{name}")
+    return Table(paper, name, tdecl, seeds, rows, claims)
 
 
 def _expand_row(study, paper, name, tdecl, rdecl, i, path, datasets, seeds, protocols, keys) -> Row:

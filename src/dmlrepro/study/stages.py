@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from ..config import dataset_dir, figure_paths, table_paths
+from ..config import claims_paths, dataset_dir, figure_paths, table_paths
 from .declarations import Study, Sweep, Table
 from .runs import FeatureSet, Run
 
@@ -21,8 +21,11 @@ STAGE_MODULES = {
     "extract": [*_COMMON, "backbones", "data/__init__.py", "data/manifest.py"],
     "train": [*_COMMON, "training", "evaluation", "backbones"],
     "evaluate": [*_COMMON, "evaluation", "training", "backbones"],
-    "table": [*_COMMON, "reporting/tables.py", "reporting/stats.py", "reporting/tracking.py"],
-    "figure": [*_COMMON, "reporting/figures.py", "reporting/tables.py", "reporting/stats.py",
+    "table": [*_COMMON, "reporting/tables.py", "reporting/cells.py", "reporting/claims.py", "reporting/stats.py",
+              "reporting/tracking.py"],
+    "figure": [*_COMMON, "reporting/figures.py", "reporting/cells.py", "reporting/claims.py", "reporting/tables.py",
+               "reporting/stats.py", "reporting/tracking.py"],
+    "claims": [*_COMMON, "reporting/claims.py", "reporting/cells.py", "reporting/tables.py", "reporting/stats.py",
                "reporting/tracking.py"],
 }
 
@@ -69,9 +72,28 @@ def target_outputs(params: Mapping, target: Table | Sweep) -> list[str]:
     return [str(p) for p in paths(params, target.paper, target.name)]
 
 
+def claims_papers(study: Study) -> list[str]:
+    """The papers whose claims page the pipeline builds: those with a selected table that has claims."""
+    tables, _ = study.selected()
+    return list(dict.fromkeys(t.paper for t in tables if t.claims))
+
+
+def claims_inputs(study: Study, paper: str) -> list[str]:
+    """A claims page is built from the selected tables of its paper (the page also reads, but does
+    not wait for, the paper's other tables whose runs happen to be evaluated)."""
+    tables, _ = study.selected()
+    return [f for t in tables if t.paper == paper and t.claims
+            for f in [*target_inputs(study.params, t), *target_outputs(study.params, t)]]
+
+
+def claims_outputs(params: Mapping, paper: str) -> list[str]:
+    return [str(p) for p in claims_paths(params, paper)]
+
+
 def selected_outputs(study: Study) -> list[str]:
     tables, sweeps = study.selected()
-    return [p for t in [*tables, *sweeps] for p in target_outputs(study.params, t)]
+    return [p for t in [*tables, *sweeps] for p in target_outputs(study.params, t)] + \
+        [p for paper in claims_papers(study) for p in claims_outputs(study.params, paper)]
 
 
 def job_counts(snakemake_output: str) -> dict:
