@@ -25,6 +25,8 @@ tables:
       - {label: MS, method: multi_similarity, published: {r1: 56.2}}
       - {label: MS + IAA, method: multi_similarity_iaa, published: {r1: 62.1}}
       - {label: MS + IAA (code), method: multi_similarity_iaa, overrides: {method.augmenter.iaa.variant: code}}
+    claims:
+      - {base: MS, method: MS + IAA}
 """
 
 
@@ -32,7 +34,7 @@ def test_snakemake_trains_ms_with_iaa_in_both_variants(tmp_path):
     params = tiny_params(methods=("multi_similarity", "multi_similarity_iaa"), seeds=(0,))
     params.update({"tables": ["iaamini/t"], "figures": []})
     ws = make_workspace(tmp_path, params, papers={"iaamini": PAPER})
-    run(["snakemake", "--cores", "2", "results/tables/iaamini/t.md"], ws)
+    run(["snakemake", "--cores", "2"], ws)  # the table and its paper's claims page
 
     runs = ws / "results/runs/glyphs/efficientnet_lite0"
     folders = sorted(p.parent.parent.name for p in runs.glob("*/seed0/metrics.json"))
@@ -64,3 +66,23 @@ def test_snakemake_trains_ms_with_iaa_in_both_variants(tmp_path):
     assert notes == ["-", "IAA", "IAA"]
     variants = sorted(r.data.params.get("method.augmenter.iaa.variant", "-") for r in training)
     assert variants == ["-", "code", "paper"]  # the defaults are filled in: the record names the variant
+
+    # the claims: one seed gives no interval, so the verdict is unresolved, on both protocols
+    claims = list(csv.DictReader((ws / "results/claims/iaamini.csv").open()))
+    assert [(c["protocol"], c["verdict"], c["n"], c["published_diff"]) for c in claims] == [
+        ("honest", "unresolved", "1", "5.9"), ("paper", "unresolved", "1", "5.9")]
+    assert "## Claims" in md and "MS + IAA vs MS" in md
+    exp = client.get_experiment_by_name("claims/iaamini")
+    entries = client.search_runs([exp.experiment_id])
+    assert sorted(e.data.tags["verdict"] for e in entries) == ["unresolved", "unresolved"]
+    assert all(e.data.metrics["published_diff"] == pytest.approx(5.9) for e in entries)
+
+    # a table entry shows its training run's dataset, source and time span in the UI's columns
+    table_entries = client.search_runs([client.get_experiment_by_name("iaamini/t").experiment_id])
+    by_id = {r.info.run_id: r for r in training}
+    for entry in table_entries:
+        trained = by_id[entry.data.tags["training_run_id"]]
+        assert (entry.info.start_time, entry.info.end_time) == (trained.info.start_time, trained.info.end_time)
+        assert [i.dataset.digest for i in entry.inputs.dataset_inputs] == \
+            [i.dataset.digest for i in trained.inputs.dataset_inputs]
+        assert entry.data.tags["mlflow.source.name"] == "dmlrepro train"
