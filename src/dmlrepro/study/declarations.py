@@ -175,7 +175,7 @@ def _paper_files(params: Mapping[str, Any]) -> list[Path]:
     return sorted(folder.glob("*.yaml"))
 
 
-_ROW_KEYS = {"label", "method", "preset", "overrides", "published"}
+_ROW_KEYS = {"label", "method", "preset", "overrides", "published", "tuned"}
 
 
 def _where(decl: Any, path) -> str:
@@ -254,11 +254,12 @@ def _unknown_settings_targets(params: Mapping[str, Any], decl: dict, path: Path)
     where_sets += [(f"tables.{t}.real_settings", tdecl.get("real_settings", {}))
                    for t, tdecl in decl.get("tables", {}).items()]
     problems = []
-    for method, per_dataset in decl.get("method_real_settings", {}).items():
-        if method not in methods:
-            problems.append(f"{path} method_real_settings: {method!r} is not a params.yaml method "
-                            f"(methods: {', '.join(sorted(methods))})")
-        where_sets.append((f"method_real_settings.{method}", per_dataset))
+    for key in ("method_real_settings", "tuned_settings"):
+        for method, per_dataset in decl.get(key, {}).items():
+            if method not in methods:
+                problems.append(f"{path} {key}: {method!r} is not a params.yaml method "
+                                f"(methods: {', '.join(sorted(methods))})")
+            where_sets.append((f"{key}.{method}", per_dataset))
     for where, per_dataset in where_sets:
         problems += [f"{path} {where}: {d!r} is not a params.yaml dataset (datasets: {', '.join(sorted(datasets))})"
                      for d in per_dataset if d not in datasets]
@@ -289,6 +290,12 @@ def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str, datase
     if dataset in decl.get("method_real_settings", {}).get(method, {}):  # then one method's (e.g. its lr)
         named(f"method_real_settings.{method}.{dataset}", decl["method_real_settings"][method][dataset],
               {"method_real_settings": f"{paper}.{method}.{dataset}"})
+    if entry.get("tuned"):  # then the method's own settings chosen on validation for this dataset
+        tuned = decl.get("tuned_settings", {}).get(method, {})
+        if dataset not in tuned:
+            raise DmlReproError(f"{where}: the row asks for tuned settings, but tuned_settings.{method} has none "
+                                f"for {dataset!r} (datasets: {', '.join(tuned) or '(none)'})")
+        named(f"tuned_settings.{method}.{dataset}", tuned[dataset], {"tuned_settings": f"{paper}.{method}.{dataset}"})
     preset = entry.get("preset")
     if preset is not None:
         presets = decl.get("presets", {})

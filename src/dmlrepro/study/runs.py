@@ -53,8 +53,9 @@ NON_SEMANTIC = {
 }
 
 #: Naming keys of a layer that stand for named settings in a paper file (a preset, the authors' real
-#: settings, one method's real settings): they name a run by that name, not by their values.
-SETTINGS_NAMES = ("preset", "real_settings", "method_real_settings")
+#: settings, one method's real settings, a method's settings tuned on validation): they name a run by
+#: that name, not by their values.
+SETTINGS_NAMES = ("preset", "real_settings", "method_real_settings", "tuned_settings")
 
 #: Losses that train nothing (the frozen backbone): their runs carry no training settings, so a
 #: change of train.lr or the like does not rerun them, and no seed: they are deterministic, so a
