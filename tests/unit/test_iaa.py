@@ -27,6 +27,8 @@ from dmlrepro.methods.iaa import (
     per_class_subset,
 )
 
+from test_training import setup  # noqa: F401,E402  (fixture)
+
 F64 = torch.float64
 
 
@@ -89,7 +91,9 @@ def np_alpha(n, tau=40, beta=0.1):
 
 def np_correction(mean, var, counts, K, tau=40, beta=0.1, gamma=0.1, alpha=None, scale_mean=1.0,
                   scale_cov=1.0, normalize=True, only=None):
-    """The paper's neighbor correction, one class at a time (numpy); ``only``: just these classes."""
+    """The paper's neighbor correction, one class at a time (numpy); ``only``: just these classes.
+    Means are compared by their element-wise squares, for the neighbours (Eq. 11) and in the weights
+    (Eq. 13; the released ``intra.py`` takes both from ``cdist(mean.pow(2), mean.pow(2))``)."""
     mean, var, counts = (np.asarray(a, dtype=np.float64) for a in (mean, var, counts))
     c = len(counts)
     elig = counts >= 2
@@ -101,7 +105,7 @@ def np_correction(mean, var, counts, K, tau=40, beta=0.1, gamma=0.1, alpha=None,
         cand = [i for i in range(c) if i != k and elig[i]]
         dist = np.linalg.norm(sq[cand] - sq[k], axis=1)
         nb = [cand[j] for j in np.argsort(dist, kind="stable")[:K]]
-        dm = np.array([np.linalg.norm(mean[i] - mean[k]) for i in nb])
+        dm = np.array([np.linalg.norm(sq[i] - sq[k]) for i in nb])  # Eq. (13): ||mu_i^2 - mu_k^2||
         dc = np.array([np.linalg.norm(var[i] - var[k]) for i in nb])
         if normalize:
             dm = (dm - dm.min()) / (dm.max() - dm.min()) if dm.max() > dm.min() else 0 * dm
@@ -138,7 +142,7 @@ def record(crit):
 
 
 def activate(crit, z, y, epoch=1, epochs=10):
-    crit.start_epoch(epoch, epochs, lambda: (z, y))
+    crit.start_epoch(epoch, epochs, lambda **_: (z, y))
     assert crit.active
     return crit
 
@@ -280,7 +284,7 @@ def test_neighbour_sets_of_the_hand_example():
 def test_neighbor_correction_hand_computed_classes_0_and_2():
     cr, glob = neighbor_correction(MEAN, VAR, COUNTS, neighbors=2)
     np.testing.assert_allclose(glob.numpy(), GLOBAL, rtol=1e-12)  # (0.60667, 1.06): n = 1 class left out
-    # class 0 (n = 3): neighbours 1 and 3; d_m = 0.2 vs 1.03, d_cv = 1 vs 2.06, so after min-max over
+    # class 0 (n = 3): neighbours 1 and 3; d_m = 0.44 vs 1.104, d_cv = 1 vs 2.06, so after min-max over
     # the two neighbours class 1 has (0, 0) and class 3 (1, 1): w_1 = 6, w_3 = 10 e^{-1/2 - 1/2}
     w1, w3 = 6.0, 10.0 * math.exp(-1.0)
     nb = (w1 * VAR[1].numpy() + w3 * VAR[3].numpy()) / (w1 + w3)
@@ -288,7 +292,7 @@ def test_neighbor_correction_hand_computed_classes_0_and_2():
     expect0 = (1 - a) * VAR[0].numpy() + a * (0.9 * nb + 0.1 * GLOBAL)
     np.testing.assert_allclose(cr[0].numpy(), expect0, rtol=1e-12)
     np.testing.assert_allclose(cr[0].numpy(), [1.29395, 1.58373], atol=2e-5)  # the numbers, by hand
-    # class 2 (n = 1, var 0, a(1) = 1): neighbours 3 (d_m 0.51, d_cv 3.04) and 0 (1.414, 1.414):
+    # class 2 (n = 1, var 0, a(1) = 1): neighbours 3 (d_m 0.314, d_cv 3.04) and 0 (1.414, 1.414):
     # class 3 gets (0, 1), class 0 (1, 0): both e^{-1/2}, so w = n: (10 var_3 + 3 var_0) / 13
     nb2 = (10 * VAR[3].numpy() + 3 * VAR[0].numpy()) / 13
     np.testing.assert_allclose(cr[2].numpy(), 0.9 * nb2 + 0.1 * GLOBAL, rtol=1e-12)
@@ -297,6 +301,32 @@ def test_neighbor_correction_hand_computed_classes_0_and_2():
     # every class against the numpy reference
     ref, _ = np_correction(MEAN, VAR, COUNTS, K=2)
     np.testing.assert_allclose(cr.numpy(), ref, rtol=1e-12)
+
+
+def test_mean_distance_of_the_weights_is_on_squared_means_as_eq_13_by_hand():
+    """Without the min-max normalisation the weights are Eq. (13) itself, w_i = n_i exp(-||mu_i^2 -
+    mu_k^2||^2 / 2 - ||Sigma_i - Sigma_k||^2 / 2); with two neighbours min-max hides the form of d_m,
+    so a third neighbour shows it there too."""
+    cr, _ = neighbor_correction(MEAN, VAR, COUNTS, neighbors=2, normalize_distances=False)
+    # class 0: squared means (1, 0), (1.44, 0), (0.25, 0.81): d_m = 0.44 and sqrt(0.75^2 + 0.81^2);
+    # variances (1, 1), (2, 1), (0.5, 3): d_cv = 1 and sqrt(0.5^2 + 2^2)
+    dm1, dm3 = 0.44, math.sqrt(0.75 ** 2 + 0.81 ** 2)
+    dc1, dc3 = 1.0, math.sqrt(0.5 ** 2 + 2.0 ** 2)
+    w1, w3 = 6 * math.exp(-dm1 ** 2 / 2 - dc1 ** 2 / 2), 10 * math.exp(-dm3 ** 2 / 2 - dc3 ** 2 / 2)
+    nb = (w1 * VAR[1].numpy() + w3 * VAR[3].numpy()) / (w1 + w3)
+    a = 1 / (1 + math.log(1.2))
+    expect = (1 - a) * VAR[0].numpy() + a * (0.9 * nb + 0.1 * GLOBAL)
+    np.testing.assert_allclose(cr[0].numpy(), expect, rtol=1e-12)
+    # ||mu_i - mu_k|| (0.2 and sqrt(0.25 + 0.81)) would give another value
+    wp1, wp3 = 6 * math.exp(-0.04 / 2 - dc1 ** 2 / 2), 10 * math.exp(-1.06 / 2 - dc3 ** 2 / 2)
+    plain = (1 - a) * VAR[0].numpy() + a * (0.9 * (wp1 * VAR[1].numpy() + wp3 * VAR[3].numpy()) / (wp1 + wp3)
+                                           + 0.1 * GLOBAL)
+    assert np.abs(plain - expect).max() > 1e-4  # far beyond the rtol 1e-12 above
+    # K = 3 with min-max: class 0's third neighbour is class 4 (squared mean (2.25, 0.04))
+    for normalize in (True, False):
+        cr3, _ = neighbor_correction(MEAN, VAR, COUNTS, neighbors=3, normalize_distances=normalize)
+        ref3, _ = np_correction(MEAN, VAR, COUNTS, K=3, normalize=normalize)
+        np.testing.assert_allclose(cr3.numpy(), ref3, rtol=1e-12)
 
 
 def test_alpha_schedule_and_the_tau_boundary():
@@ -464,7 +494,7 @@ def test_lambda_decay_scales_the_noise_by_sqrt_of_the_factor():
     crit = iaa(num_classes=2, dim=4, lam=0.8, lambda_decay=True)
     resid = {}
     for epoch in (1, 4, 5, 7, 9, 10):
-        crit.start_epoch(epoch, 10, lambda: (z, y))
+        crit.start_epoch(epoch, 10, lambda **_: (z, y))
         torch.manual_seed(9)
         s, _ = crit.synthesize(z, y)
         resid[epoch] = s - z.repeat(3, 1)
@@ -473,7 +503,7 @@ def test_lambda_decay_scales_the_noise_by_sqrt_of_the_factor():
         # the statistics do not change (same z each refresh), only lambda: residual ~ sqrt(lambda)
         torch.testing.assert_close(resid[epoch], resid[1] * math.sqrt(f), rtol=1e-5, atol=1e-6)
     paper = iaa(num_classes=2, dim=4, lam=0.8)
-    paper.start_epoch(9, 10, lambda: (z, y))
+    paper.start_epoch(9, 10, lambda **_: (z, y))
     assert paper.lam_now == 0.8
 
 
@@ -487,6 +517,7 @@ BASES = [
     ("triplet", "triplet_margin"),
     ("triplet", None),
     ("triplet", "distance_weighted"),
+    ("triplet", "hardest_negative"),
     ("margin", "distance_weighted"),
     ("circle", None),
 ]
@@ -572,7 +603,7 @@ def test_gradients_reach_the_head_but_not_the_statistics():
     labels = torch.arange(c).repeat_interleave(10)
     crit = iaa(num_classes=c, dim=dim, lam=0.8)
     # a train_embeddings that (wrongly) keeps the graph: the statistics must still not require grad
-    crit.start_epoch(1, 10, lambda: (head(feats), labels))
+    crit.start_epoch(1, 10, lambda **_: (head(feats), labels))
     assert crit.active
     buffers = {n: b.clone() for n, b in crit.named_buffers()}
     for name in ("mean", "var", "sample_var", "counts", "seen"):
@@ -605,7 +636,7 @@ def _schedule(crit, epochs, z, y):
     calls, active = [], []
     for epoch in range(1, epochs + 1):
         n = []
-        crit.start_epoch(epoch, epochs, lambda: (n.append(1), (z, y))[1])
+        crit.start_epoch(epoch, epochs, lambda **_: (n.append(1), (z, y))[1])
         calls += [epoch] * len(n)
         active.append(crit.active)
     return calls, active
@@ -631,6 +662,19 @@ def test_schedule_code_every_2_epochs_from_30_percent():
     assert calls == [1, 4, 7, 10] and all(active)
     calls, _ = _schedule(iaa(num_classes=3, dim=4, update_interval=2, start=0.5), 10, z, y)
     assert calls == [6, 8, 10]
+
+
+@pytest.mark.parametrize("kw,augmented", [({}, False), ({"variant": "code"}, True),
+                                          ({"variant": "code", "statistics_views": "plain"}, False),
+                                          ({"statistics_views": "augmented"}, True)])
+def test_statistics_views_code_asks_the_trainer_for_training_augmented_views(kw, augmented):
+    """run.py estimates the statistics through ``loader_train_eval``, a loader of the training set
+    with the training transform; the paper names no view (the plain one is kept)."""
+    z, y = clustered(3, 4, 4, seed=1)
+    crit = iaa(num_classes=3, dim=4, start=0.0, **kw)
+    asked = []
+    crit.start_epoch(1, 10, lambda augmented=False: (asked.append(augmented), (z, y))[1])
+    assert asked == [augmented]
 
 
 def _few_shot(num_classes, dim=3, seed=0):
@@ -674,6 +718,7 @@ def test_variant_defaults_of_each_switch():
     assert (paper["cumulative_sqrt"], code["cumulative_sqrt"]) == (False, True)
     assert (paper["exclude_own_copies"], code["exclude_own_copies"]) == (False, True)
     assert (paper["lambda_decay"], code["lambda_decay"]) == (False, True)
+    assert (paper["statistics_views"], code["statistics_views"]) == ("plain", "augmented")
     over = iaa(variant="code", cumulative_sqrt=False, lambda_decay=False).args
     assert over["cumulative_sqrt"] is False and over["lambda_decay"] is False and over["statistics"] == "momentum"
 
@@ -733,9 +778,37 @@ def _np_ms_code(x_anchor, x_all, labels_all, b, exclude_own, alpha=2.0, beta=40.
     return sum(losses) / b
 
 
+def _np_triplet_eq19(x_anchor, x_all, labels_all, b, exclude_own, margin):
+    """IAA Eq. (19): (1/n) sum_i sum_{(j,k) in T_i u T^_i} [d_ij - min_k d_ik + alpha]_+ with every
+    positive j of anchor i (originals and synthetics, i itself excluded) and its hardest negative
+    among N_i u N^_i; d Euclidean between unit vectors. Also returns how many anchors' hardest
+    negative is a synthetic."""
+    total, synthetic_hardest = 0.0, 0
+    for i in range(b):
+        d = np.linalg.norm(x_all - x_anchor[i], axis=1)
+        neg = np.flatnonzero(labels_all != labels_all[i])
+        if not len(neg):
+            continue
+        k = neg[np.argmin(d[neg])]
+        synthetic_hardest += int(k >= b)
+        for j in range(len(x_all)):
+            if labels_all[j] == labels_all[i] and j != i and not (exclude_own and j % b == i):
+                total += max(d[j] - d[k] + margin, 0.0)
+    return total / b, synthetic_hardest
+
+
 def _normalise(t):
     t = t.double().numpy()
     return t / np.linalg.norm(t, axis=1, keepdims=True)
+
+
+def _loss_and_its_draw(crit, zb, yb, seed):
+    """IAA's loss on a batch, and the same draw replayed: (loss, unit originals + synthetics, labels)."""
+    torch.manual_seed(seed)
+    value = float(crit(zb, yb))
+    torch.manual_seed(seed)
+    synth, sl = crit.synthesize(zb, yb)
+    return value, _normalise(torch.cat([zb, synth])), torch.cat([yb, sl]).numpy()
 
 
 def test_contrastive_similarity_matches_the_hand_formula_without_iaa():
@@ -760,12 +833,8 @@ def test_contrastive_similarity_iaa_matches_the_released_code_formula(variant):
     z, y = clustered(4, 10, 8, spread=1.0, seed=12)
     crit = activate(iaa("contrastive_similarity", num_classes=4, dim=8, variant=variant, start=0.0), z, y)
     zb, yb = clustered(4, 4, 8, spread=1.0, seed=13)
-    torch.manual_seed(5)
-    value = float(crit(zb, yb))
-    torch.manual_seed(5)
-    synth, sl = crit.synthesize(zb, yb)
-    x_all = _normalise(torch.cat([zb, synth]))
-    ref = _np_contrastive_code(x_all[:16], x_all, torch.cat([yb, sl]).numpy(), 16, variant == "code")
+    value, x_all, y_all = _loss_and_its_draw(crit, zb, yb, 5)
+    ref = _np_contrastive_code(x_all[:16], x_all, y_all, 16, variant == "code")
     assert value == pytest.approx(ref, rel=1e-5)
 
 
@@ -774,13 +843,8 @@ def _ms_case(variant, lam, spread, seed):
     crit = activate(iaa(num_classes=4, dim=8, variant=variant, start=0.0, lam=lam, lambda_decay=False,
                         loss_args={"alpha": 2.0, "beta": 40.0, "base": 0.5}), z, y)
     zb, yb = clustered(4, 4, 8, spread=spread, seed=seed + 1)
-    torch.manual_seed(6)
-    value = float(crit(zb, yb))
-    torch.manual_seed(6)
-    synth, sl = crit.synthesize(zb, yb)
-    x_all = _normalise(torch.cat([zb, synth]))
-    ref = _np_ms_code(x_all[:16], x_all, torch.cat([yb, sl]).numpy(), 16, variant == "code")
-    return value, ref
+    value, x_all, y_all = _loss_and_its_draw(crit, zb, yb, 6)
+    return value, _np_ms_code(x_all[:16], x_all, y_all, 16, variant == "code")
 
 
 def test_ms_iaa_paper_variant_matches_the_code_formula_with_the_paper_mask():
@@ -793,6 +857,32 @@ def test_ms_iaa_code_variant_matches_the_released_code_mining():
     for seed in (14, 16, 18):
         value, ref = _ms_case("code", 0.8, 0.3, seed)
         assert value == pytest.approx(ref, rel=1e-4), seed
+
+
+@pytest.mark.parametrize("variant", ["paper", "code"])
+def test_triplet_iaa_of_params_yaml_is_eq_19_over_originals_and_synthetics(variant):
+    """params.yaml's ``triplet_iaa`` (and ``triplet_hardest`` without IAA) is the paper's Triplet:
+    all positives, real and synthetic, each against the anchor's hardest negative, margin 0.2."""
+    import yaml
+
+    from conftest import REPO
+
+    methods = yaml.safe_load((REPO / "params.yaml").read_text())["methods"]
+    cfg = {k: v for k, v in methods["triplet_iaa"].items() if k != "train"}
+    assert {k: v for k, v in cfg.items() if k != "augmenter"} == methods["triplet_hardest"]
+    cfg["augmenter"] = {"iaa": {**cfg["augmenter"]["iaa"], "variant": variant, "start": 0.0}}
+    z, y = clustered(4, 10, 8, spread=1.0, seed=12)
+    crit = build_criterion(cfg, 4, 8, name="triplet_iaa")
+    activate(crit, z, y)
+    zb, yb = clustered(4, 4, 8, spread=1.0, seed=13)
+    value, x_all, y_all = _loss_and_its_draw(crit, zb, yb, 5)
+    ref, synthetic_hardest = _np_triplet_eq19(x_all[:16], x_all, y_all, 16, variant == "code", margin=0.2)
+    assert ref > 0 and synthetic_hardest > 0  # hinge terms occur, and synthetics are mined as negatives
+    assert value == pytest.approx(ref, rel=1e-5)
+    # without IAA (evaluation mode passes the batch through): Eq. (3) with the same mining
+    crit.eval()
+    x = _normalise(zb)
+    assert float(crit(zb, yb)) == pytest.approx(_np_triplet_eq19(x, x, yb.numpy(), 16, False, 0.2)[0], rel=1e-5)
 
 
 def test_npair_is_refused_with_a_clear_error():
@@ -845,3 +935,87 @@ def test_global_covariance_without_correction_leaves_out_single_sample_classes()
     crit.update_statistics(z, y)
     # by hand: var_0 = (1, 4), var_1 = (0, 1), n = 2 each: Sigma_global = (0.5, 2.5)
     torch.testing.assert_close(crit.sample_var, torch.tensor([[0.5, 2.5]] * 3))
+
+
+# ================================================================================================
+# 8. inside the frozen trainer: the views the statistics are taken on
+# ================================================================================================
+def _views_of_statistics(params, tmp, monkeypatch, **iaa_args):
+    """Train multi_similarity_iaa on features with 3 distinguishable views per training image;
+    returns, per statistics update, which cached view each training image's row of z came from."""
+    from dmlrepro.study.runs import resolve_run
+    from dmlrepro.training import frozen
+
+    method = params["methods"]["multi_similarity_iaa"]
+    method["augmenter"]["iaa"].update({"start": 0.0, "update_interval": 1, **iaa_args})
+    method["train"] = {"lr": 1e-2}
+    run = resolve_run(params, "glyphs", "multi_similarity_iaa", 0, [])
+    path = run.features.path(params)
+    with np.load(path) as f:
+        arrays = dict(f)
+    plain = arrays["train_features"][0].astype(np.float32)
+    train_views = np.stack([plain, plain + 4.0, plain - 4.0])  # view 0 = the centre view
+    arrays["train_features"] = train_views.astype(np.float16)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    heads, seen = [], []
+    real_head, real_update = frozen.make_head, IntraClassAugmenter.update_statistics
+    monkeypatch.setattr(frozen, "make_head", lambda *a: heads.append(real_head(*a)) or heads[-1])
+
+    def update(self, z, labels):
+        with torch.no_grad():  # z of every view under the head as it is now
+            per_view = torch.stack([heads[-1](torch.from_numpy(v.astype(np.float16).astype(np.float32)),
+                                              normalize=False) for v in train_views])
+        match = (per_view - z[None]).abs().amax(2) < 1e-5  # (views, images)
+        assert (match.sum(0) == 1).all()  # every row is exactly one view of its image
+        seen.append(match.float().argmax(0).tolist())
+        return real_update(self, z, labels)
+
+    monkeypatch.setattr(IntraClassAugmenter, "update_statistics", update)
+    frozen.train_run(params, run, tmp / f"out-{len(list(tmp.iterdir()))}", "cpu")
+    return seen
+
+
+@pytest.mark.parametrize("kw,augmented", [({}, False), ({"variant": "code"}, True),
+                                          ({"variant": "code", "statistics_views": "plain"}, False)])
+def test_the_frozen_trainer_estimates_code_statistics_on_training_views(setup, monkeypatch, kw, augmented):  # noqa: F811
+    """The released run.py embeds the training set through ``loader_train_eval`` (training
+    transform): in the frozen regime, each image's cached views are what training draws from."""
+    params, _, tmp = setup
+    seen = _views_of_statistics(params, tmp, monkeypatch, **kw)
+    assert len(seen) == 3 and all(len(views) == 48 for views in seen)  # every epoch, every image once
+    if not augmented:
+        assert all(set(views) == {0} for views in seen)
+        return
+    assert all(set(views) == {0, 1, 2} for views in seen)  # views drawn among all the training views
+    assert seen[0] != seen[1] != seen[2]  # a fresh draw each update
+    first = list(seen)  # (a second spy wraps the first, which keeps recording)
+    assert _views_of_statistics(params, tmp, monkeypatch, **kw) == first  # seeded by (seed, epoch)
+
+
+def test_the_finetune_trainer_embeds_one_seeded_training_view_per_image_for_the_statistics(tmp_path):
+    from PIL import Image
+
+    from dmlrepro.training.finetune import STATISTICS_STEP, EmbeddingNetwork, embed_rows
+    from dmlrepro.training.heads import EmbeddingHead
+    from dmlrepro.training.images import TrainingViews, ViewSettings, loader
+
+    class Images:
+        paths = []
+        labels = np.arange(6)
+
+    for i in range(6):
+        Images.paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(Images.paths[-1])
+    views = ViewSettings(32, 36, (0.16, 1.0), True)
+    torch.manual_seed(0)
+    net = EmbeddingNetwork(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()), EmbeddingHead(12, 4))
+    seeds = [(7, 2, STATISTICS_STEP, i) for i in range(6)]
+    got = embed_rows(net, Images(), views, np.arange(6), "cpu", normalize=False, seeds=seeds)
+    pixels = next(iter(loader(TrainingViews(Images(), views), batch_sampler=[list(zip(range(6), seeds))])))
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(pixels, normalize=False).numpy(), rtol=1e-5, atol=1e-6)
+    plain = embed_rows(net, Images(), views, np.arange(6), "cpu", normalize=False)
+    assert not np.allclose(got, plain)  # training views, not the evaluation view
+    again = embed_rows(net, Images(), views, np.arange(6), "cpu", normalize=False, seeds=seeds)
+    np.testing.assert_array_equal(got, again)

@@ -168,6 +168,73 @@ def test_triplet_hand_computed():
     assert float(crit(EMB, LAB)) == pytest.approx(expected, abs=1e-9)
 
 
+def ref_triplet_hardest(x, y, margin, ref=None, ref_y=None, reduction="sum_per_anchor"):
+    """IAA Eq. (19) (Eq. (3) when ref is x): for each anchor i every positive j with the anchor's
+    hardest negative, [d_ij - min_{k: y_k != y_i} d_ik + margin]_+, summed and divided by the n
+    anchors (or PML's mean over the non-zero terms). The candidates begin with the anchors (as
+    IAA's do): candidate i is anchor i itself, never its positive."""
+    ref = x if ref is None else ref
+    ref_y = y if ref_y is None else ref_y
+    d = torch.cdist(F.normalize(x, dim=1), F.normalize(ref, dim=1)).tolist()
+    y, ref_y = y.tolist(), ref_y.tolist()
+    vals = []
+    for a in range(len(y)):
+        negs = [d[a][k] for k in range(len(ref_y)) if ref_y[k] != y[a]]
+        if not negs:
+            continue
+        for p in range(len(ref_y)):
+            if ref_y[p] == y[a] and p != a:
+                vals.append(max(0.0, d[a][p] - min(negs) + margin))
+    return sum(vals) / len(y) if reduction == "sum_per_anchor" else _mean_nonzero(vals)
+
+
+TRIPLET_HARDEST = {"loss": "triplet", "loss_args": {"margin": 0.2, "reduction": "sum_per_anchor"},
+                   "miner": "hardest_negative"}
+
+
+def test_triplet_with_the_hardest_negative_hand_computed():
+    # IAA Eq. (19) on the unit-circle batch (0, 40 | 100, 170 deg), margin 0.2: each anchor's one
+    # positive against its nearest negative
+    c = lambda deg: 2 * math.sin(math.radians(deg / 2))  # noqa: E731 - chord length
+    terms = [
+        c(40) - c(100) + 0.2,  # a0 (0): p1, hardest n2 (100 deg away)
+        c(40) - c(60) + 0.2,  # a1 (40): p0, hardest n2 (60 deg)
+        c(70) - c(60) + 0.2,  # a2 (100): p3, hardest n1 (60 deg)
+        c(70) - c(130) + 0.2,  # a3 (170): p2, hardest n1 (130 deg)
+    ]
+    crit = build_criterion(TRIPLET_HARDEST, 2, 2)
+    assert float(crit(EMB, LAB)) == pytest.approx(sum(max(0.0, t) for t in terms) / 4, abs=1e-12)
+    assert float(crit(EMB, LAB)) == pytest.approx((c(70) - c(60) + 0.2) / 4, abs=1e-12)  # only a2's term is > 0
+    a, p, n = crit.mine(EMB, LAB)
+    assert a.tolist() == [0, 1, 2, 3] and p.tolist() == [1, 0, 3, 2] and n.tolist() == [2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("reduction", ["sum_per_anchor", "mean_nonzero"])
+@pytest.mark.parametrize("margin", [0.05, 0.2, 1.0])
+def test_triplet_with_the_hardest_negative_matches_eq_19_with_and_without_candidates(margin, reduction):
+    cfg = {**TRIPLET_HARDEST, "loss_args": {"margin": margin, "reduction": reduction}}
+    crit = build_criterion(cfg, 3, 3)
+    got = float(crit(EMB3, LAB3))
+    assert got == pytest.approx(ref_triplet_hardest(EMB3, LAB3, margin, reduction=reduction), abs=1e-12)
+    g = torch.Generator().manual_seed(3)
+    z, y = torch.randn(10, 4, generator=g, dtype=DT), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
+    cand = torch.cat([z, torch.randn(20, 4, generator=g, dtype=DT)])
+    cand_y = torch.cat([y, torch.randint(0, 4, (20,), generator=g)])
+    # candidates from outside (IAA's synthetics): only z's rows anchor; the augmenter removes (a, a)
+    a, p, n = crit.mine(z, y, cand, cand_y)
+    keep = p != a
+    got = float(crit(z, y, cand, cand_y, indices_tuple=(a[keep], p[keep], n[keep])))
+    expect = ref_triplet_hardest(z, y, margin, ref=cand, ref_y=cand_y, reduction=reduction)
+    assert a.max() < 10 and (p >= 10).any() and (n >= 10).any()  # candidates are positives and negatives
+    assert got == pytest.approx(expect, abs=1e-12)
+
+
+def test_the_hardest_negative_of_an_anchor_without_negatives_gives_no_triplet():
+    crit = build_criterion(TRIPLET_HARDEST, 2, 2)
+    a, p, n = crit.mine(EMB, torch.tensor([0, 0, 0, 0]))
+    assert len(a) == len(p) == len(n) == 0
+
+
 @pytest.mark.parametrize("args", [{}, {"alpha": 2.0, "beta": 40.0, "base": 0.5}, {"alpha": 1.0, "beta": 10.0, "base": 0.2}])
 @pytest.mark.parametrize("emb,lab", [(EMB, LAB), (EMB3, LAB3)])
 def test_multi_similarity_matches_formula(emb, lab, args):
@@ -320,6 +387,7 @@ PARAMS_METHODS = {
     "proxy_anchor": {"loss": "proxy_anchor", "loss_args": {"alpha": 32.0, "margin": 0.1}, "loss_lr_multiplier": 100.0},
     "contrastive_pair_margin": {"loss": "contrastive", "miner": "pair_margin"},
     "triplet_batch_hard": {"loss": "triplet", "miner": "batch_hard"},
+    "triplet_hardest": TRIPLET_HARDEST,
 }
 
 
@@ -421,7 +489,8 @@ def test_shape_mismatch_raises():
 def test_registry_names_and_formulas():
     assert LOSSES.names() == ["circle", "contrastive", "contrastive_similarity", "margin", "multi_similarity",
                               "normalized_softmax", "npair", "proxy_anchor", "proxy_nca", "soft_triple", "triplet"]
-    assert {"triplet_margin", "multi_similarity", "batch_hard", "pair_margin", "distance_weighted"} <= set(MINERS.names())
+    assert {"triplet_margin", "multi_similarity", "batch_hard", "pair_margin", "distance_weighted",
+            "hardest_negative"} <= set(MINERS.names())
     assert "none" not in LOSSES
     for registry in (LOSSES, MINERS):
         for name in registry.names():
@@ -430,12 +499,14 @@ def test_registry_names_and_formulas():
 
 def test_defaults_are_the_documented_ones():
     assert allowed_args("loss", "contrastive") == {"pos_margin": 0.0, "neg_margin": 1.0}
-    assert allowed_args("loss", "triplet") == {"margin": 0.2, "swap": False, "smooth_loss": False}
+    assert allowed_args("loss", "triplet") == {"margin": 0.2, "swap": False, "smooth_loss": False,
+                                               "reduction": "mean_nonzero"}
     assert allowed_args("loss", "npair") == {"l2_reg": 0.0, "normalize_embeddings": True, "temperature": 0.1}
     assert allowed_args("loss", "multi_similarity") == {"alpha": 2.0, "beta": 50.0, "base": 0.5}
     assert allowed_args("loss", "proxy_anchor") == {"margin": 0.1, "alpha": 32.0}
     assert allowed_args("miner", "triplet_margin") == {"margin": 0.2, "type_of_triplets": "semihard"}
     assert allowed_args("miner", "multi_similarity") == {"epsilon": 0.1}
+    assert allowed_args("miner", "hardest_negative") == {}
     crit = build_criterion({"loss": "triplet", "miner": "triplet_margin"}, 2, 2)
     assert crit.loss.margin == 0.2 and crit.miner.type_of_triplets == "semihard"
     pa = build_criterion({"loss": "proxy_anchor"}, 5, 7)

@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from dmlrepro.config import validate_params
 from dmlrepro.errors import DmlReproError
-from dmlrepro.methods import build_criterion, method_labels, method_problems
+from dmlrepro.methods import CriterionWrapper, build_criterion, method_labels, method_problems
 from dmlrepro.methods.sgar import SCHEMA, VARIANTS, SyntheticRanking, grouped_log1p_sum_exp, ranking_loss
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
@@ -212,13 +212,15 @@ def test_the_paper_variant_equals_its_formula_computed_loop_by_loop():
     assert torch.allclose(grad, expected_grad, atol=1e-10)
 
 
-def code_reference(crit, z, y):
+def code_reference(crit, z, y, mrg=None):
     """A transcription of the released code (losses.py ``Proxy_Anchor.forward`` and
-    ``get_gen_loss3``, its loops and list handling as written), the bank's shuffle an identity."""
+    ``get_gen_loss3``, its loops and list handling as written), the bank's shuffle an identity.
+    ``mrg``: the margin of the synthetic-to-proxy term (default the criterion's); Proxy-Anchor keeps
+    the base's margin, which the code shares with it (``self.mrg``) but ours is tuned."""
     X, T = F.normalize(z, dim=1), y
     P = crit.proxies
     D = crit.directions
-    N, alpha, mrg = crit.args["N"], crit.sp_alpha, crit.sp_margin
+    N, alpha, mrg = crit.args["N"], crit.sp_alpha, crit.sp_margin if mrg is None else mrg
     scale, delta, r = crit.args["scale"], crit.args["delta"], crit.args["alpha"]
     fc = lambda v: F.relu(F.normalize(v @ crit.projector.weight.T + crit.projector.bias, dim=1))  # noqa: E731
     nb_classes = P.shape[0]
@@ -282,6 +284,49 @@ def test_the_code_variant_equals_a_transcription_of_the_released_code():
     assert torch.allclose(grad, expected_grad, atol=1e-9)
 
 
+def test_the_code_variant_l_sp_margin_is_the_released_mrg_whatever_the_tuned_margin():
+    """train.py's ``--mrg`` default 0.1 is the margin of L_sp (``self.mrg - cos_gp[k]``); params.yaml's
+    Proxy-Anchor margin is tuned (0.2): the code variant keeps 0.1 for L_sp, the paper the base's."""
+    crit = sgar(variant="code", margin=0.2)
+    assert crit.sp_margin == 0.1 and crit.base.loss.margin == 0.2
+    crit.permutations = lambda n, device: torch.arange(crit.args["N"]).expand(n, -1)
+    z, y = batch(n=12, classes=(0, 0, 1, 1, 1, 2, 2, 0, 1, 2, 0, 1))
+    total = crit.terms(z, y)["total"]
+    assert total.item() == pytest.approx(code_reference(crit, z, y, mrg=0.1).item(), rel=1e-9)
+    assert total.item() != pytest.approx(code_reference(crit, z, y, mrg=0.2).item(), rel=1e-6)
+    assert sgar(margin=0.2).sp_margin == 0.2  # paper: the base's margin
+    assert sgar(margin=0.2, variant="code", sp_margin="base").sp_margin == 0.2  # explicit wins
+    assert sgar(margin=0.2, sp_margin=0.05).sp_margin == 0.05
+
+
+def _with_grads(grads):
+    params = [torch.nn.Parameter(torch.zeros(g.shape, dtype=DT)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = torch.tensor(g, dtype=DT)
+    return params
+
+
+GRADS = [np.array([[25.0, -3.0], [-40.0, 9.99]]), np.array([11.0, -10.5, 0.5, -10.0])]
+
+
+@pytest.mark.parametrize("kw,max_norm,expect", [
+    # train.py: clip_grad_value_(model.parameters(), 10) and clip_grad_value_(criterion.parameters(), 10)
+    ({"variant": "code"}, None, [np.clip(g, -10, 10) for g in GRADS]),
+    ({"variant": "code"}, 5.0, [np.clip(g, -10, 10) for g in GRADS]),  # by value, not by the norm
+    ({"variant": "code", "clip_value": 2.0}, None, [np.clip(g, -2, 2) for g in GRADS]),
+    ({}, None, GRADS),  # paper: the trainer's rule, here none
+    # paper: the trainer's global norm (torch's 1e-6 in the denominator)
+    ({}, 5.0, [g * 5.0 / (math.sqrt(sum((h ** 2).sum() for h in GRADS)) + 1e-6) for g in GRADS]),
+    ({"variant": "code", "clip_by_value": False}, 5.0,
+     [g * 5.0 / (math.sqrt(sum((h ** 2).sum() for h in GRADS)) + 1e-6) for g in GRADS]),
+])
+def test_clip_gradients_code_clips_each_value_paper_keeps_the_trainers_norm(kw, max_norm, expect):
+    params = _with_grads(GRADS)
+    sgar(**kw).clip_gradients(params, max_norm)
+    for p, e in zip(params, expect):
+        np.testing.assert_allclose(p.grad.numpy(), e, rtol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Every switch of the code variant is its own, observable difference
 
@@ -291,11 +336,11 @@ def _total(crit, z, y, seed=3):
     return crit.terms(z, y)
 
 
-@pytest.mark.parametrize("switch", [k for k in VARIANTS["paper"] if k != "projector_lr_multiplier"])
+@pytest.mark.parametrize("switch", [k for k in VARIANTS["paper"] if k not in ("projector_lr_multiplier", "clip_by_value")])
 def test_each_code_switch_alone_changes_the_loss(switch):
     z, y = batch(n=12, classes=(0, 0, 1, 1, 1, 2, 2, 0, 1, 2, 0, 1))
-    paper = _total(sgar(), z, y)
-    flipped = _total(sgar(**{switch: VARIANTS["code"][switch]}), z, y)
+    paper = _total(sgar(margin=0.2), z, y)  # params.yaml's tuned margin: the code's L_sp margin differs
+    flipped = _total(sgar(margin=0.2, **{switch: VARIANTS["code"][switch]}), z, y)
     assert flipped["total"].item() != pytest.approx(paper["total"].item(), rel=1e-6)
     assert torch.equal(flipped["gate"], paper["gate"])  # the gate is the same in both
 
@@ -462,6 +507,36 @@ def test_a_killed_sgar_run_resumes_to_identical_metrics(setup, monkeypatch, vari
     assert _epochs(resumed) == _epochs(reference) and len(reference["epochs"]) == 3
     for key, value in reference_model["last_state"].items():
         assert torch.equal(model["last_state"][key], value), key
+
+
+class _Amplified(CriterionWrapper):
+    """SGAR's loss x 1e4: gradients far beyond 10 (the clipping rule stays SGAR's)."""
+
+    def forward(self, z, labels):
+        return 1e4 * self.base(z, labels)
+
+
+@pytest.mark.parametrize("variant", ["paper", "code"])
+def test_the_training_step_clips_each_gradient_value_in_the_code_variant(setup, monkeypatch, variant):  # noqa: F811
+    params, _, tmp = setup
+    run = _sgar_run(params, variant=variant, tau=None)
+    largest = []
+    real_build, real_optimizer = frozen.build_criterion, frozen.optimizer_and_schedule
+    monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: _Amplified(real_build(*a, **k)))
+
+    def optimizer_and_schedule(groups, tcfg):
+        optimizer, scheduler = real_optimizer(groups, tcfg)
+        optimizer.register_step_pre_hook(lambda opt, *_: largest.append(  # the gradients the update sees
+            max(float(p.grad.abs().max()) for g in opt.param_groups for p in g["params"] if p.grad is not None)))
+        return optimizer, scheduler
+
+    monkeypatch.setattr(frozen, "optimizer_and_schedule", optimizer_and_schedule)
+    frozen.train_run(params, run, tmp / "out", "cpu")
+    assert len(largest) == 3 * 4  # every step of the fixture's 3 epochs x 4 iterations
+    if variant == "code":
+        assert max(largest) == 10.0  # clip_grad_value_(..., 10): the constructed gradients reach it
+    else:
+        assert min(largest) > 10.0  # the frozen regime clips nothing otherwise
 
 
 class _Spy(TorchFunctionMode):

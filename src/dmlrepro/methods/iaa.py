@@ -7,13 +7,15 @@ github.com/darkpromise98/IAA (``intra.py``, ``losses.py``, ``run.py``).
 An *augmenter* (``methods.<m>.augmenter.iaa``) around any base loss of the registry:
 
 1. **Class statistics** (Eq. 7-8). Every ``update_interval`` epochs the trainer hands over the raw
-   (un-normalised) embeddings z of the whole training set (each image's plain view) and every
-   class k gets a diagonal Gaussian: the maximum-likelihood mean mu_k and variance sigma2_k
-   (divided by n_k), one ``index_add`` per moment (no loop over classes; memory O(C d)).
+   (un-normalised) embeddings z of the whole training set (each image's plain view, or one
+   training-augmented view: ``statistics_views``) and every class k gets a diagonal Gaussian: the
+   maximum-likelihood mean mu_k and variance sigma2_k (divided by n_k), one ``index_add`` per
+   moment (no loop over classes; memory O(C d)).
    ``samples_per_class: N`` estimates them from N seeded images per class only (Table XI).
 2. **Neighbor correction** for classes with few samples. Neighbours of k: the ``neighbors`` (K)
    classes with the smallest ||mu_i^2 - mu_k^2|| (element-wise squares), single-sample classes
-   excluded; weights w_i = n_i exp(-d_m^2 / (2 s_m^2) - d_cv^2 / (2 s_cv^2)) with d_m = ||mu_i - mu_k||,
+   excluded; weights w_i = n_i exp(-d_m^2 / (2 s_m^2) - d_cv^2 / (2 s_cv^2)) with d_m =
+   ||mu_i^2 - mu_k^2|| (the squared means again: Eq. 9 and 13, the code's ``mean_dist_mat``),
    d_cv = ||sigma2_i - sigma2_k||; Sigma_nb = sum w_i sigma2_i / sum w_i; Sigma_global =
    sum n_k sigma2_k / sum n_k (classes with n_k >= 2); Sigma_cr = (1 - a) sigma2_k +
    a [(1 - g) Sigma_nb + g Sigma_global] with a = 1 / (1 + log(1 + beta (n_k - 1))) if n_k <= tau
@@ -55,10 +57,14 @@ exclude_own_copies  false: an anchor's own          true: the positive mask drop
                     synthetics are positives
 lambda_decay        false                           true: lambda x 1 / 0.9 / 0.75 / 0.6 after
                                                     40 / 60 / 80 % of the epochs
+statistics_views    ``plain``: each image's         ``augmented``: one training view per image
+                    evaluation view (the paper      (``run.py``'s ``loader_train_eval`` applies
+                    names no view)                  the training transform)
 ==================  ==============================  ===========================================
 
 The code's other differences are outside this module: a random seed and the best epoch chosen on
-test (the papers' protocol, ``protocols: [honest, paper]`` in a declaration) and no Triplet+IAA.
+test (the papers' protocol, ``protocols: [honest, paper]`` in a declaration) and no Triplet+IAA
+(the paper's Triplet, Eq. 19, is the ``triplet`` loss with the ``hardest_negative`` miner).
 """
 from __future__ import annotations
 
@@ -77,9 +83,11 @@ LABEL = "IAA"
 #: The switches each variant sets (a switch given explicitly wins over its variant's value).
 VARIANTS = {
     "paper": {"statistics": "reestimate", "update_interval": 4, "start": 0.0, "correction": "auto",
-              "cumulative_sqrt": False, "exclude_own_copies": False, "lambda_decay": False},
+              "cumulative_sqrt": False, "exclude_own_copies": False, "lambda_decay": False,
+              "statistics_views": "plain"},
     "code": {"statistics": "momentum", "update_interval": 2, "start": 0.3, "correction": False,
-             "cumulative_sqrt": True, "exclude_own_copies": True, "lambda_decay": True},
+             "cumulative_sqrt": True, "exclude_own_copies": True, "lambda_decay": True,
+             "statistics_views": "augmented"},
 }
 #: lambda_decay: (fraction of the epochs, factor from then on), the code's ``lamda_epoch``
 LAMBDA_STEPS = ((0.4, 0.9), (0.6, 0.75), (0.8, 0.6))
@@ -123,6 +131,8 @@ SCHEMA = {
     "cumulative_sqrt": variant_switch({"type": ["boolean", "null"]}, "copy m uses Sigma^(1/2^m)"),
     "exclude_own_copies": variant_switch({"type": ["boolean", "null"]}, "an anchor's own synthetics are not positives"),
     "lambda_decay": variant_switch({"type": ["boolean", "null"]}, "lambda x 1/0.9/0.75/0.6 after 40/60/80 % of the epochs"),
+    "statistics_views": variant_switch({"enum": ["plain", "augmented", None]},
+                                       "statistics on each image's plain view or on one training-augmented view"),
 }
 
 
@@ -265,8 +275,9 @@ def neighbor_correction(mean, var, counts, *, neighbors=25, tau=40.0, beta=0.1, 
     a = correction_weight(counts, tau, beta) if alpha is None else torch.full_like(counts, float(alpha))
     if int(eligible.sum()) < 2 or not bool((a > 0).any()):
         return var.clone(), global_var
-    idx = nearest_classes(mean.square(), eligible, neighbors)
-    d_m, d_cv = _neighbor_distances(mean, idx), _neighbor_distances(var, idx)
+    squared = mean.square()  # Eq. (9): means compared by their element-wise squares
+    idx = nearest_classes(squared, eligible, neighbors)
+    d_m, d_cv = _neighbor_distances(squared, idx), _neighbor_distances(var, idx)
     if normalize_distances:
         d_m, d_cv = _minmax(d_m), _minmax(d_cv)
     log_w = torch.log(counts[idx].clamp_min(1))
@@ -313,7 +324,8 @@ class IntraClassAugmenter(CriterionWrapper):
         super().start_epoch(epoch, epochs, train_embeddings)
         first = math.floor(self.args["start"] * epochs) + 1  # the first epoch with statistics
         if epoch >= first and (epoch - first) % self.args["update_interval"] == 0:
-            self.update_statistics(*train_embeddings())
+            augmented = self.args["statistics_views"] == "augmented"  # plain: the call without arguments
+            self.update_statistics(*(train_embeddings(augmented=True) if augmented else train_embeddings()))
         self.active = epoch >= first and bool(self.ready)
         self.lam_now = self.args["lam"] * (lambda_factor(epoch / epochs) if self.args["lambda_decay"] else 1.0)
 

@@ -54,6 +54,7 @@ from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import reducers as pml_reducers
 from pytorch_metric_learning import regularizers as pml_regularizers
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..errors import DmlReproError
 from ..registry import Registry
@@ -262,11 +263,31 @@ def contrastive(args, num_classes, embedding_dim):
     return pml_losses.ContrastiveLoss(**args)
 
 
+class _SumPerAnchorReducer(pml_reducers.BaseReducer):
+    """Sum of every pair's (triplet's) loss divided by the number of anchors (the IAA code's reduction)."""
+
+    def element_reduction(self, losses, loss_indices, embeddings, labels):
+        return losses.sum() / max(len(embeddings), 1)
+
+    pos_pair_reduction = neg_pair_reduction = triplet_reduction = element_reduction
+
+
+#: ``reduction`` of the pair and triplet losses that offer one: PML's mean over the non-zero
+#: terms, or the IAA paper's / code's sum over every term divided by the number of anchors B
+REDUCTIONS = ("mean_nonzero", "sum_per_anchor")
+
+
+def _reducer(reduction: str) -> pml_reducers.BaseReducer:
+    return _SumPerAnchorReducer() if reduction == "sum_per_anchor" else pml_reducers.AvgNonZeroReducer()
+
+
 @LOSSES.register("triplet")
 @_entry(
     "loss_args",
     pml_losses.TripletMarginLoss,
     defaults={"margin": 0.2},
+    extras={"reduction": "mean_nonzero"},
+    choices={"reduction": REDUCTIONS},
     hidden=("triplets_per_anchor",),  # int values subsample with the global RNG: not reproducible
 )
 def triplet(args, num_classes, embedding_dim):
@@ -274,9 +295,10 @@ def triplet(args, num_classes, embedding_dim):
 
     Default margin 0.2 (FaceNet's alpha; FaceNet uses squared distances, PML plain ones). All
     triplets of the batch are used unless a miner selects some; ``swap`` uses min(d(a,n), d(p,n));
-    ``smooth_loss`` replaces the hinge by softplus.
+    ``smooth_loss`` replaces the hinge by softplus. ``reduction: sum_per_anchor`` is the IAA
+    paper's 1/n sum_i sum_{(j,k) in T_i} (Eq. 3 and 19) instead of PML's mean over non-zero terms.
     """
-    return pml_losses.TripletMarginLoss(**args)
+    return pml_losses.TripletMarginLoss(reducer=_reducer(args.pop("reduction")), **args)
 
 
 class ScaledDotProductSimilarity(pml_distances.DotProductSimilarity):
@@ -365,25 +387,13 @@ def proxy_anchor(args, num_classes, embedding_dim):
     return pml_losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=embedding_dim, **args)
 
 
-class _SumPerAnchorReducer(pml_reducers.BaseReducer):
-    """Sum of every pair's loss divided by the number of anchors (the IAA code's reduction)."""
-
-    def __init__(self, n_anchors_from_labels: bool = True, **kwargs):
-        super().__init__(**kwargs)
-
-    def element_reduction(self, losses, loss_indices, embeddings, labels):
-        return losses.sum() / max(len(embeddings), 1)
-
-    pos_pair_reduction = neg_pair_reduction = triplet_reduction = element_reduction
-
-
 @LOSSES.register("contrastive_similarity")
 @_entry(
     "loss_args",
     pml_losses.ContrastiveLoss,
     defaults={"pos_margin": 0.8, "neg_margin": 0.5},
     extras={"reduction": "sum_per_anchor"},
-    choices={"reduction": ("sum_per_anchor", "mean_nonzero")},
+    choices={"reduction": REDUCTIONS},
 )
 def contrastive_similarity(args, num_classes, embedding_dim):
     """Contrastive, similarity form (IAA code): [sum_pos [pos_margin - s]_+ + sum_neg [s - neg_margin]_+] / B.
@@ -392,9 +402,8 @@ def contrastive_similarity(args, num_classes, embedding_dim):
     every pair divided by the number of anchors B) are the IAA code's ``ContrastiveLoss``;
     ``reduction: mean_nonzero`` is PML's mean over the non-zero terms.
     """
-    reduction = args.pop("reduction")
-    reducer = _SumPerAnchorReducer() if reduction == "sum_per_anchor" else pml_reducers.AvgNonZeroReducer()
-    return pml_losses.ContrastiveLoss(distance=pml_distances.CosineSimilarity(), reducer=reducer, **args)
+    return pml_losses.ContrastiveLoss(distance=pml_distances.CosineSimilarity(), reducer=_reducer(args.pop("reduction")),
+                                      **args)
 
 
 @LOSSES.register("margin")
@@ -475,6 +484,34 @@ def triplet_margin(args, num_classes, embedding_dim):
     Defaults margin 0.2 and semi-hard triplets, FaceNet's choices (PML's default type is 'all').
     """
     return pml_miners.TripletMarginMiner(**args)
+
+
+class HardestNegativeMiner(pml_miners.BaseMiner):
+    """Every positive pair (a, p) of the candidate set, each with a's hardest (nearest) negative."""
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        mat = self.distance(embeddings, ref_emb)
+        # PML's convention: ref_labels *is* labels when there is no ref set, then (a, a) is no pair
+        matches, diffs = (m.bool() for m in lmu.get_matches_and_diffs(labels, ref_labels))
+        if self.distance.is_inverted:  # a similarity: the hardest negative is the most similar
+            hardest = mat.masked_fill(~diffs, -math.inf).argmax(1)
+        else:
+            hardest = mat.masked_fill(~diffs, math.inf).argmin(1)
+        a, p = torch.nonzero(matches & diffs.any(1, keepdim=True), as_tuple=True)
+        return a, p, hardest[a]
+
+
+@MINERS.register("hardest_negative")
+@_entry("miner_args", HardestNegativeMiner)
+def hardest_negative(args, num_classes, embedding_dim):
+    """Hardest-negative miner (IAA Eq. 19): every positive (a, p), each with n = argmin_{k: y_k != y_a} d(a, k).
+
+    No arguments. With the triplet loss this is the IAA paper's Triplet, "all available positive
+    samples" against "the hardest negative" (Eq. 19), the form of the ``HardNegative`` sampler of
+    MDR (kakaoenterprise/AAAI2021_MDR, the code base of IAA's release); anchors without a negative
+    give no triplet. Under IAA the candidates are originals + synthetics and only originals anchor.
+    """
+    return HardestNegativeMiner(**args)
 
 
 @MINERS.register("multi_similarity")
@@ -563,9 +600,17 @@ class Criterion(torch.nn.Module):
 
     def start_epoch(self, epoch: int, epochs: int, train_embeddings: Callable) -> None:
         """Called by the trainer before each epoch's first step (after the epoch's generators are
-        re-seeded). ``train_embeddings()`` returns (z, labels) of the whole training set (raw,
-        un-normalised, no gradient), computed on demand: wrappers that keep statistics (IAA) use
-        it; the base loss has nothing to do."""
+        re-seeded). ``train_embeddings(augmented=False)`` returns (z, labels) of the whole training
+        set (raw, un-normalised, no gradient; each image's plain view, or with ``augmented`` one
+        view drawn as the training steps draw theirs), computed on demand: wrappers that keep
+        statistics (IAA) use it; the base loss has nothing to do."""
+
+    def clip_gradients(self, parameters: list, max_norm: Optional[float] = None) -> None:
+        """Clip a step's gradients (after backward, before the optimizer step; AMP unscaled): their
+        global norm at the trainer's ``max_norm`` (None: no clipping). A method whose released code
+        clips otherwise overrides it (SGAR's code variant clips each value)."""
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
     def param_groups(self, lr: float) -> list:
         """Optimizer parameter groups for the loss's own parameters ([] when it has none)."""
@@ -616,6 +661,9 @@ class CriterionWrapper(torch.nn.Module):
 
     def start_epoch(self, epoch: int, epochs: int, train_embeddings: Callable) -> None:
         self.base.start_epoch(epoch, epochs, train_embeddings)
+
+    def clip_gradients(self, parameters: list, max_norm: Optional[float] = None) -> None:
+        self.base.clip_gradients(parameters, max_norm)
 
     def param_groups(self, lr: float) -> list:
         own = [p for n, p in self.named_parameters() if not n.startswith("base.") and p.requires_grad]

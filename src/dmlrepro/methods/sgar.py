@@ -18,8 +18,9 @@ proxy of class c (raw, not normalised), B = batch, N = synthetics per sample, d 
 4. **Intra-class ranking** (weaker synthesis stays closer), c_j = <q(r_i^j), q(x_i)>:
    L_rank(i) = (1/s) log(1 + sum_{j<k} exp(s (c_k - c_j + delta))), s = ``scale`` 32, delta 0.11.
 5. **Synthetic-to-proxy**: L_sp(c) = log(1 + sum_{i in S_c} sum_j exp(a (m - <q(r_i^j), q(P_c)>))),
-   a = ``sp_alpha`` and m = ``sp_margin`` (null: the base's Proxy-Anchor alpha and margin, which is
-   what the code does: it uses the same ``self.alpha`` / ``self.mrg``). The sum runs over every
+   a = ``sp_alpha`` (null: the base's Proxy-Anchor alpha, the code's shared ``self.alpha``) and
+   m = ``sp_margin`` (a switch: ``base``, the base's Proxy-Anchor margin, or the code's ``mrg``
+   0.1, which its Proxy-Anchor shares but ours is tuned on validation). The sum runs over every
    synthetic of every gated sample of the class: the paper's formula read without the code's reset
    (see ``sp_last_sample_only``).
 6. **Total**: L = L_PA(x) + lambda * sum_{c : S_c non-empty} [rho_m L_sp(c) + rho_g mean_{i in S_c}
@@ -73,13 +74,20 @@ repeated_proxy_projection  false: q(P_c)                       true: ``P = fc(P)
                                                                not in PAPERS.md's list)
 projector_lr_multiplier    1: W, b at the head's lr (the       100: ``criterion.parameters()``
                            paper gives W no rate of its own)   (proxies, D, W, b) at 100x
+sp_margin                  ``base``: the base Proxy-Anchor's   0.1: ``train.py``'s ``--mrg``
+                           margin (the paper's m)              default
+clip_by_value              false: the trainer's clipping       true: every gradient value of the
+                           (``finetune.grad_clip``, a global   network and the loss's parameters
+                           norm; none when frozen)             clipped at +-``clip_value`` 10
+                                                               (``clip_grad_value_``), no norm
 =========================  ==================================  ====================================
 
 Unchanged between the variants: the gate (``cos_px = F.linear(P, X) >= gen_mrg``, raw proxies,
 unit x), tau 0.05, N 5, alpha (``r``) 1.0, s 32, delta 0.11, lambda 0.23, rho_m = rho_g = 0.9.
-The code's other differences are outside this module: gradients clipped at 10, AdamW (lr 1e-4,
-weight decay 1e-4), StepLR, random (not m-per-class) batches of 150, one seed and the best epoch
-chosen on test (the papers' protocol: ``protocols: [honest, paper]`` in a declaration).
+The code's other differences are outside this module: AdamW (lr 1e-4, weight decay 1e-4), StepLR,
+random (not m-per-class) batches of 150, one seed and the best epoch chosen on test (the papers'
+protocol: ``protocols: [honest, paper]`` in a declaration). ``clip_by_value`` acts through
+:meth:`clip_gradients`, which the trainers call after every backward pass.
 """
 from __future__ import annotations
 
@@ -99,10 +107,10 @@ _EPS = 1e-12  # F.normalize's floor under a norm
 VARIANTS = {
     "paper": {"directions": "random", "normalize_offsets": False, "metric_on_projection": False,
               "double_ranking": False, "sp_last_sample_only": False, "repeated_proxy_projection": False,
-              "projector_lr_multiplier": 1.0},
+              "projector_lr_multiplier": 1.0, "sp_margin": "base", "clip_by_value": False},
     "code": {"directions": "learned", "normalize_offsets": True, "metric_on_projection": True,
              "double_ranking": True, "sp_last_sample_only": True, "repeated_proxy_projection": True,
-             "projector_lr_multiplier": 100.0},
+             "projector_lr_multiplier": 100.0, "sp_margin": 0.1, "clip_by_value": True},
 }
 DIRECTIONS = ("random", "random_per_sample", "learned")
 
@@ -123,8 +131,8 @@ SCHEMA = {
     "rho_g": {"type": "number", "minimum": 0, "default": 0.9, "description": "rho_g: weight of the mean L_rank"},
     "sp_alpha": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
                  "description": "scale of L_sp; null: the base Proxy-Anchor's alpha"},
-    "sp_margin": {"type": ["number", "null"], "default": None,
-                  "description": "margin of L_sp; null: the base Proxy-Anchor's margin"},
+    "clip_value": {"type": "number", "exclusiveMinimum": 0, "default": 10.0,
+                   "description": "clip_by_value: each gradient value is clipped to [-clip_value, clip_value]"},
     "projector_dim": {"type": ["integer", "null"], "minimum": 1, "default": None,
                       "description": "d' (rows of W); null: the embedding size"},
     "directions": variant_switch({"enum": [*DIRECTIONS, None]},
@@ -136,6 +144,10 @@ SCHEMA = {
     "repeated_proxy_projection": variant_switch({"type": ["boolean", "null"]}, "L_sp against q^{|S_c|}(P_c)"),
     "projector_lr_multiplier": variant_switch({"type": ["number", "null"], "exclusiveMinimum": 0},
                                        "lr of W, b (and the bank D) / the head's lr"),
+    "sp_margin": variant_switch({"type": ["number", "string", "null"], "pattern": "^base$"},
+                                "margin of L_sp: a number, or base (the base Proxy-Anchor's margin)"),
+    "clip_by_value": variant_switch({"type": ["boolean", "null"]},
+                                    "clip each gradient value at +-clip_value instead of the trainer's norm clipping"),
 }
 
 
@@ -201,7 +213,7 @@ class SyntheticRanking(CriterionWrapper):
             self.directions = torch.nn.Parameter(torch.empty(a["N"], d))
             torch.nn.init.kaiming_normal_(self.directions, mode="fan_out")  # as the code
         self.sp_alpha = float(loss.alpha if a["sp_alpha"] is None else a["sp_alpha"])
-        self.sp_margin = float(loss.margin if a["sp_margin"] is None else a["sp_margin"])
+        self.sp_margin = float(loss.margin if a["sp_margin"] == "base" else a["sp_margin"])
 
     # -- optimizer and schedule ------------------------------------------------------------------
     def param_groups(self, lr: float) -> list:
@@ -212,6 +224,12 @@ class SyntheticRanking(CriterionWrapper):
     def start_epoch(self, epoch: int, epochs: int, train_embeddings: Callable) -> None:
         # the authors' warm-up epoch freezes the backbone only: there is none here (module docstring)
         super().start_epoch(epoch, epochs, train_embeddings)
+
+    def clip_gradients(self, parameters: list, max_norm=None) -> None:
+        if not self.args["clip_by_value"]:
+            return super().clip_gradients(parameters, max_norm)
+        # train.py: clip_grad_value_(model.parameters(), 10), then the same on criterion.parameters()
+        torch.nn.utils.clip_grad_value_(parameters, self.args["clip_value"])
 
     # -- pieces ----------------------------------------------------------------------------------
     @property

@@ -12,8 +12,9 @@ declarations' `real_settings`):
 * `warmup_epochs`: the first epochs train the head and the loss's parameters only (the backbone
   runs without gradients), as the Proxy-Anchor and SGAR code do;
 * `frozen_bn`: BatchNorm layers keep their ImageNet statistics and affine parameters;
-* `grad_clip`: the gradient norm is clipped (SGAR: 10); `amp`: mixed precision (bfloat16-free
-  float16 autocast with a gradient scaler) on CUDA, ignored on CPU.
+* `grad_clip`: the gradient norm is clipped (SGAR: 10; its code variant clips each value instead,
+  `Criterion.clip_gradients`); `amp`: mixed precision (bfloat16-free float16 autocast with a
+  gradient scaler) on CUDA, ignored on CPU.
 
 Selection, checkpoints, resume, the live MLflow record and model.pt work as in the frozen regime
 (:mod:`.frozen`): the honest protocol keeps the epoch with the best validation score, the papers'
@@ -46,6 +47,11 @@ from .heads import EmbeddingHead
 from .images import (EvaluationViews, ManifestImages, SeededBatches, TrainingViews, ViewSettings, loader)
 from .sampler import batch_sampler
 from .selection import Selection
+
+
+#: the step index of the views class statistics are taken on (``train_embeddings(augmented=True)``):
+#: no epoch has this many steps, so they never repeat a batch's views
+STATISTICS_STEP = 2 ** 31 - 1
 
 
 class EmbeddingNetwork(torch.nn.Module):
@@ -89,13 +95,17 @@ def _autocast(device: str, amp: bool):
 
 @torch.no_grad()
 def embed_rows(net: EmbeddingNetwork, images: ManifestImages, views: ViewSettings, rows, device: str,
-               batch: int = 128, workers: int = 0, amp: bool = False, normalize: bool = True) -> np.ndarray:
-    """float32 embeddings of the evaluation views of manifest `rows` (L2-normalised by default)."""
+               batch: int = 128, workers: int = 0, amp: bool = False, normalize: bool = True,
+               seeds=None) -> np.ndarray:
+    """float32 embeddings of the evaluation views of manifest `rows` (L2-normalised by default), or
+    with `seeds` of one training view of each row, drawn from its seed."""
     net.eval()
     out = []
     cuda = torch.device(device).type == "cuda"
-    for pixels in loader(EvaluationViews(images, views), batch_size=batch, workers=workers, pin=cuda,
-                         items=[int(r) for r in np.asarray(rows).ravel()]):
+    rows = [int(r) for r in np.asarray(rows).ravel()]
+    dataset = EvaluationViews(images, views) if seeds is None else TrainingViews(images, views)
+    for pixels in loader(dataset, batch_size=batch, workers=workers, pin=cuda,
+                         items=rows if seeds is None else list(zip(rows, seeds))):
         with _autocast(device, amp):
             out.append(net(pixels.to(device, non_blocking=True), normalize=normalize).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, net.head.out_dim), np.float32)
@@ -140,8 +150,8 @@ def train_finetune_run(params: dict, run: Run, out_dir: Path, device: str, test_
     ks = cfg["evaluation"]["ks"]
     eval_batch = int(fcfg.get("eval_batch_size", 128))
 
-    def embed(rows, normalize=True):
-        return embed_rows(net, images, views, rows, device, eval_batch, workers, amp, normalize)
+    def embed(rows, normalize=True, seeds=None):
+        return embed_rows(net, images, views, rows, device, eval_batch, workers, amp, normalize, seeds)
 
     def scores() -> dict:
         scored = {"val": evaluate_retrieval(embed(arrays["val_features"]), arrays["val_labels"], ks=ks,
@@ -163,6 +173,7 @@ def train_finetune_run(params: dict, run: Run, out_dir: Path, device: str, test_
                "lr": lr * fcfg.get("backbone_lr_multiplier", 1.0), "name": "backbone"},
               *criterion.param_groups(lr)]
     optimizer, scheduler = optimizer_and_schedule(groups, tcfg)
+    parameters = [p for g in optimizer.param_groups for p in g["params"]]
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     sampler = batch_sampler(train_targets, tcfg, seed)
     batches = SeededBatches(sampler, train_rows, seed, procs.rank, procs.world_size)
@@ -184,9 +195,11 @@ def train_finetune_run(params: dict, run: Run, out_dir: Path, device: str, test_
             net, device_ids=[device] if cuda else None, broadcast_buffers=False,
             find_unused_parameters=fcfg.get("warmup_epochs", 0) > 0)  # warm-up epochs leave the backbone out
 
-    def train_embeddings():
-        """Raw z of every training image (evaluation view), for wrappers that keep class statistics."""
-        z = torch.from_numpy(embed(train_rows, normalize=False)).to(device)
+    def train_embeddings(augmented: bool = False):
+        """Raw z of every training image, for wrappers that keep class statistics: its evaluation
+        view, or (augmented) one training view seeded by (seed, epoch) (`epoch`: the loop's)."""
+        seeds = [(seed, epoch, STATISTICS_STEP, i) for i in range(len(train_rows))] if augmented else None
+        z = torch.from_numpy(embed(train_rows, normalize=False, seeds=seeds)).to(device)
         set_training(net, fcfg.get("frozen_bn", True))
         return z, torch.from_numpy(train_targets).long().to(device)
 
@@ -214,10 +227,8 @@ def train_finetune_run(params: dict, run: Run, out_dir: Path, device: str, test_
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * procs.world_size).backward()  # DDP averages: x world size = the global batch's gradient
             distributed.unscale_loss_parameters(criterion, procs)
-            if fcfg.get("grad_clip"):
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                               fcfg["grad_clip"])
+            scaler.unscale_(optimizer)  # clipping sees the true gradients (a no-op without AMP)
+            criterion.clip_gradients(parameters, fcfg.get("grad_clip"))  # the norm, or the method's rule
             scaler.step(optimizer)
             scaler.update()
             last_finite = loss.item()
