@@ -179,13 +179,19 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
 
     n_views = train_x.shape[0]
     targets = torch.from_numpy(train_targets).long()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     @torch.no_grad()
-    def train_embeddings():
-        """Raw z of every training image (its plain view, as the IAA code's evaluation loader
-        sees it), for wrappers that keep class statistics."""
-        z = [head(torch.from_numpy(train_x[0, i : i + 8192].astype(np.float32)).to(device), normalize=False)
-             for i in range(0, train_x.shape[1], 8192)]
+    def train_embeddings(augmented: bool = False):
+        """Raw z of every training image, for wrappers that keep class statistics: its plain view,
+        or (augmented) one view drawn as the training steps draw theirs, seeded by (seed, epoch)
+        (the IAA code estimates them through a loader with the training transform)."""
+        n = train_x.shape[1]
+        # `epoch`: the loop's current epoch; start_epoch calls this before the epoch's first step
+        views = np.random.default_rng([seed, epoch, 3]).integers(0, n_views, size=n) if augmented else np.zeros(n, int)
+        rows = np.arange(n)
+        z = [head(torch.from_numpy(train_x[views[i : i + 8192], rows[i : i + 8192]].astype(np.float32)).to(device),
+                  normalize=False) for i in range(0, n, 8192)]
         return torch.cat(z), targets.to(device)
 
     last_finite = history["epochs"][-1]["loss"] if history["epochs"] else None
@@ -210,6 +216,7 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
                 raise _diverged(run, epoch, step, last_finite, f"the loss is {loss.item()}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            criterion.clip_gradients(parameters)  # no clipping unless the method's code clips (SGAR code)
             optimizer.step()
             last_finite = loss.item()
             losses.append(last_finite)
