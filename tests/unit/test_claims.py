@@ -59,6 +59,18 @@ def _rows(table):
     return {r.label: r for r in table.rows}
 
 
+def _write_main(params, study, method_gain: dict) -> dict:
+    """The main table's metrics: Base at 50/60/70, Base + M at Base + method_gain[seed] points;
+    Other + M one point below Other on every seed. Returns the rows by label."""
+    rows = _rows(study.table("demo/main"))
+    base = {0: 0.50, 1: 0.60, 2: 0.70}
+    _write(params, rows["Base"], base)
+    _write(params, rows["Base + M"], {s: v + method_gain[s] / 100 for s, v in base.items()})
+    _write(params, rows["Other"], {0: 0.40, 1: 0.45, 2: 0.50})
+    _write(params, rows["Other + M"], {0: 0.39, 1: 0.44, 2: 0.49})
+    return rows
+
+
 # -- the verdict -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("published, low, high, expected", [
@@ -90,13 +102,9 @@ def test_claims_take_the_published_pair_from_the_rows_and_from_another_table(tmp
 
 def test_one_verdict_each_from_metrics_files(tmp_path):
     params, study = _study(tmp_path)
-    rows = _rows(study.table("demo/main"))
-    # Base + M beats Base by 2, 3, 4 points on seeds 0, 1, 2: mean 3, sd 1, half 4.303 / sqrt(3) = 2.48
-    _write(params, rows["Base"], {0: 0.50, 1: 0.60, 2: 0.70})
-    _write(params, rows["Base + M"], {0: 0.52, 1: 0.63, 2: 0.74})
+    # Base + M beats Base by 2, 3, 4 points on seeds 0, 1, 2: mean 3, sd 1, half 4.303 / sqrt(3) = 2.48;
     # Other + M (published decrease of 3) loses 1 point on every seed: same direction as published
-    _write(params, rows["Other"], {0: 0.40, 1: 0.45, 2: 0.50})
-    _write(params, rows["Other + M"], {0: 0.39, 1: 0.44, 2: 0.49})
+    rows = _write_main(params, study, {0: 2.0, 1: 3.0, 2: 4.0})
     up, down = (paired(params, c, "honest") for c in study.table("demo/main").claims)
     assert up.differences == pytest.approx({0: 2.0, 1: 3.0, 2: 4.0})
     mean, half = up.mean_ci
@@ -170,11 +178,7 @@ def test_a_claim_whose_runs_are_not_evaluated_is_not_built_and_says_how(tmp_path
 
 def test_the_table_shows_its_claims(tmp_path):
     params, study = _study(tmp_path)
-    rows = _rows(study.table("demo/main"))
-    _write(params, rows["Base"], {0: 0.50, 1: 0.60, 2: 0.70})
-    _write(params, rows["Base + M"], {0: 0.51, 1: 0.62, 2: 0.73})
-    _write(params, rows["Other"], {0: 0.40, 1: 0.45, 2: 0.50})
-    _write(params, rows["Other + M"], {0: 0.39, 1: 0.44, 2: 0.49})
+    _write_main(params, study, {0: 1.0, 1: 2.0, 2: 3.0})
     md, _, html = build_table(params, study.table("demo/main"))
     assert "## Claims" in md and "<h3>Claims</h3>" in html
     line = next(x for x in md.splitlines() if x.startswith("| demo/main | Base + M vs Base"))
