@@ -33,6 +33,7 @@ def cmd_prepare(params: dict, args) -> None:
     from .data import prepare_dataset
 
     check_defined(params, "datasets", args.dataset)
+    _study(params)  # the whole study is valid before any work (`dvc repro` runs this stage first)
     summary = prepare_dataset(args.dataset, params["datasets"][args.dataset], dataset_dir(params, args.dataset))
     print(json.dumps(summary.get("counts", summary), indent=2, default=str))
 
@@ -48,6 +49,9 @@ def cmd_extract(params: dict, args) -> None:
     from .backbones.extract import extract_features
 
     feat = _features(_study(params), args.features)
+    from .preflight import check_outputs, features_output
+
+    check_outputs(features_output(params, feat, 1 + int(feat.config["extract"].get("train_views", 0))))
     # the run's extraction settings, plus the machine-only ones (batch size, threads) of params.yaml
     settings = {**feat.config["extract"], **{k: params["extract"][k] for k in ("batch_size", "threads")
                                              if k in params["extract"]}}
@@ -78,6 +82,9 @@ def cmd_train(params: dict, args) -> None:
     run = study.run(args.run or args.run_id)
     # the flag, or what the declarations and params.yaml ask now (a `dvc exp run -S` cannot change the flag)
     every_epoch = args.test_every_epoch or study.needs[run.id].test_every_epoch
+    from .preflight import check_outputs, training_outputs
+
+    check_outputs(training_outputs(params, run, every_epoch))
     device = _device(params, args.device)
     if args.no_mlflow or not from_environment().is_main:  # under torchrun, rank 0 alone keeps the record
         summary = train_run(params, run, run.dir(params), device, test_every_epoch=every_epoch)
@@ -94,9 +101,12 @@ def cmd_train(params: dict, args) -> None:
 def cmd_evaluate(params: dict, args) -> None:
     from .evaluation.run import evaluate_run
 
+    from .preflight import check_writable
+
     study = _study(params)
     run = study.run(args.run)
     needs = study.needs[run.id]
+    check_writable(run.dir(params), "metrics file", "paths.runs")
     metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi or needs.nmi,
                            paper_protocol=args.paper_protocol or needs.test_every_epoch,
                            last_epoch=args.last_epoch or needs.last_epoch)
@@ -150,9 +160,10 @@ def cmd_claims(params: dict, args) -> None:
 
 
 def cmd_mlflow_init(params: dict, args) -> None:
+    from .reporting.store import lock_wait
     from .reporting.tracking import init_store
 
-    init_store(params["mlflow"]["tracking_uri"])
+    init_store(params["mlflow"]["tracking_uri"], lock_wait(params))
 
 
 def cmd_validate(params: dict, args) -> None:
@@ -211,12 +222,19 @@ def _list_runs(params: dict, args) -> None:
         state = "missing"
         if (run.dir(params) / "model.pt").exists():
             state = "trained"
-        if metrics.exists() and json.loads(metrics.read_text()).get("config_hash") == run.hash:
+        if metrics.exists() and _read_json(metrics, run, "evaluate").get("config_hash") == run.hash:
             state, done = "evaluated", done + 1
         needs = study.needs[run.id]
         flags = " ".join(filter(None, [needs.train_flags(), needs.evaluate_flags()]))
         print(f"{run.id:60s} {run.hash}  {state:9s} {flags}")
     print(f"{len(runs)} runs, {done} evaluated, {len(runs) - done} to train or evaluate", file=sys.stderr)
+
+
+def _read_json(path: Path, run, job: str) -> dict:
+    from .readers import read_json
+
+    data = read_json(path, "metrics file", f"dmlrepro {job} --run {run.id}")
+    return data if isinstance(data, dict) else {}
 
 
 def cmd_dvc_yaml(params: dict, args) -> None:
@@ -391,7 +409,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dmlrepro {args.command}: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except OSError as exc:  # a file system fault none of the checks caught: name the file
+        print(f"dmlrepro {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - a bug: keep its traceback in the log, say where it goes
+        import traceback
+
+        traceback.print_exc()
+        print(f"dmlrepro {args.command}: internal error (a bug in dmlrepro, not in your input): please report it "
+              f"in the project's issue tracker with the command, your params.yaml and the traceback above (under "
+              f"Snakemake it is in the job's log)", file=sys.stderr)
+        return 3
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    from .atomic import write_error
+
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+        return str(write_error(exc.filename, exc))
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot use{where}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ def _describe(error) -> str:
         return f"{key}: {json.dumps(error.instance)} is not allowed; choose one of: {allowed}"
     bound = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
     if error.validator in bound:
-        return f"{key}: {json.dumps(error.instance)} is out of range; it must be {bound[error.validator]} {error.validator_value}"
+        hint = error.schema.get("description") if isinstance(error.schema, dict) else None
+        return (f"{key}: {json.dumps(error.instance)} is out of range; it must be {bound[error.validator]} "
+                f"{error.validator_value}" + (f": {hint}" if hint else ""))
     return f"{key}: {error.message}"
 
 

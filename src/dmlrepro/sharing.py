@@ -344,6 +344,18 @@ def push(root: Path = Path("."), remote_name: str | None = None, log=print) -> d
     named); see the module's docstring."""
     root = Path(root)
     outs = cached_outputs(root)
+    # the cache first: a corrupt cache object also makes `dvc status` report its workspace file as
+    # changed, and only this check can name the object's file
+    cache = cache_dir(root)
+    objects, unlisted = expand(outs, cache)
+    missing, corrupt = check_cache(objects, cache, drop_corrupt=True)
+    if missing or corrupt or unlisted:
+        lines = _by_output(missing + unlisted) + [
+            f"{o.path}: its cache object {cache / o.rel()} is corrupt (md5 {found}, expected "
+            f"{o.md5.removesuffix('.dir')}; truncated or overwritten), deleted" for o, found in corrupt]
+        raise SharingError("the local DVC cache lacks what dvc.lock records, so it cannot be pushed:\n"
+                           + _listing(lines) + "\nFix: `dvc commit --force` stores the workspace files again "
+                           "(if they are intact; else rebuild them: `make run`), then `make push`")
     status = _dvc("status", "--json", root=root)
     if status.returncode != 0:
         raise SharingError(f"`dvc status` failed:\n{_tail(status)}")
@@ -355,14 +367,6 @@ def push(root: Path = Path("."), remote_name: str | None = None, log=print) -> d
                            "then `make push`")
     remote = get_remote(root, remote_name)
     _check_folder(remote, pushing=True)
-    cache = cache_dir(root)
-    objects, unlisted = expand(outs, cache)
-    missing, corrupt = check_cache(objects, cache, drop_corrupt=True)
-    if missing or corrupt or unlisted:
-        lines = _by_output(missing + unlisted) + [f"{o.path}: corrupt (md5 {found}), deleted" for o, found in corrupt]
-        raise SharingError("the local DVC cache lacks what dvc.lock records, so it cannot be pushed:\n"
-                           + _listing(lines) + "\nFix: `dvc commit --force` stores the workspace files again "
-                           "(if they are intact; else rebuild them), then `make push`")
     log(f"pushing to DVC remote {remote.name!r} ({remote.url}) ...")
     result = _dvc("push", "--remote", remote.name, root=root)
     lacking = _remote_lacks(remote, objects, cache, root)

@@ -216,6 +216,9 @@ def test_a_killed_job_is_killed_and_its_resume_continues_the_same_run(training, 
     assert _train(params, run) == killed.info.run_id
     resumed = client.get_run(killed.info.run_id)
     assert resumed.info.status == "FINISHED" and resumed.data.tags["attempts"] == "2"
+    # the killed attempt's failure is history now: kept as its attempt's tag, not as the run's failure
+    assert "failure" not in resumed.data.tags and resumed.data.tags["attempt_2"] == "FINISHED"
+    assert resumed.data.tags["attempt_1"].startswith("KILLED: SystemExit") and "DMLREPRO_STOP" in resumed.data.tags["attempt_1"]
     assert _steps(client, killed.info.run_id, "val_recall_at_1") == [1, 2, 3]
     assert resumed.data.params["train.threads"] == "1"
     assert len(resumed.inputs.dataset_inputs) == 1

@@ -417,4 +417,21 @@ def load_features(path: Path, splits: Optional[Iterable[str]] = None) -> Feature
     for split in splits or ():
         for suffix in ("features", "labels", "rows"):
             out[f"{split}_{suffix}"]  # raises a DmlReproError naming the present splits
+    _check_finite(out, path)
     return out
+
+
+def _check_finite(feats: FeatureSet, path: Path) -> None:
+    """Refuse features holding NaN or infinite values: a model trained or scored on them is
+    meaningless, and the loss's "diverged" would blame the learning rate."""
+    from ..readers import first_non_finite
+
+    for key in sorted(k for k in feats if k.endswith("_features")):
+        array = feats[key]
+        bad = first_non_finite(array)
+        if bad is not None:
+            where = np.unravel_index(bad, array.shape)
+            raise DmlReproError(
+                f"features file {path} holds NaN or infinite values ({key}, first at index {tuple(map(int, where))}); "
+                f"delete it and rebuild it with `dmlrepro extract --features {path.parent.name}/{path.stem}` (if they "
+                f"come back, the backbone's weights file holds them: check params.yaml's weights:)")

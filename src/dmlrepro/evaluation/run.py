@@ -17,13 +17,13 @@ honest protocol's test metrics are computed here, plus another epoch's only when
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .. import atomic
 from ..backbones.extract import feature_splits, load_features
 from ..config import dataset_dir
 from ..errors import DmlReproError
+from ..readers import read_json
 from ..study.runs import Run
 from ..training.frozen import embed, head_from_model, load_model, set_threads
 from .sets import EvaluationSet, evaluation_sets, metrics_block, score_set
@@ -31,13 +31,13 @@ from .sets import EvaluationSet, evaluation_sets, metrics_block, score_set
 VAL = EvaluationSet("val", "val")
 
 
-def _history_epochs(run_dir: Path, cfg_hash: str) -> dict:
+def _history_epochs(run_dir: Path, cfg_hash: str, run_id: str) -> dict:
     """{epoch: {block: metrics}} from history.json when it belongs to this configuration, else {}."""
     path = run_dir / "history.json"
     if not path.exists():
         return {}
-    history = json.loads(path.read_text("utf-8"))
-    if history.get("config_hash") != cfg_hash:
+    history = read_json(path, "training history", f"dmlrepro train --run {run_id}")
+    if not isinstance(history, dict) or history.get("config_hash") != cfg_hash:
         return {}
     return {e["epoch"]: {k: v for k, v in e.items() if isinstance(v, dict)} for e in history["epochs"]}
 
@@ -73,7 +73,7 @@ def _images(params: dict, run: Run, model: dict, device: str):
 
 def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool = False,
                  paper_protocol: bool = False, last_epoch: bool = False) -> dict:
-    model = load_model(run_dir / "model.pt")
+    model = load_model(run_dir / "model.pt", run.id)
     if model["config_hash"] != run.hash:
         raise DmlReproError(
             f"{run_dir / 'model.pt'} was trained with another configuration (hash {model['config_hash']}, "
@@ -85,7 +85,7 @@ def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool =
         raise DmlReproError(f"{run_dir / 'model.pt'} was trained without test scores per epoch; the papers' "
                             f"protocol needs `dmlrepro train --run {run.id} --test-every-epoch`")
     ks = run.config["evaluation"]["ks"]
-    epochs = _history_epochs(run_dir, run.hash)
+    epochs = _history_epochs(run_dir, run.hash, run.id)
     embedders = {}
 
     def score(which: str, eset: EvaluationSet, with_nmi: bool) -> dict:

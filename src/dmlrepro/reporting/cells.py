@@ -2,9 +2,8 @@
 against the run's configuration), and how a column is headed."""
 from __future__ import annotations
 
-import json
-
 from ..errors import DmlReproError
+from ..readers import read_json
 from ..evaluation.sets import metrics_block
 from ..study.runs import Run
 
@@ -13,8 +12,8 @@ def read_metrics(params: dict, run: Run) -> dict:
     path = run.dir(params) / "metrics.json"
     if not path.exists():
         raise DmlReproError(f"{path} is missing; run `dmlrepro evaluate --run {run.id}` (or the whole pipeline) first")
-    metrics = json.loads(path.read_text("utf-8"))
-    if metrics.get("config_hash") != run.hash:
+    metrics = read_json(path, "metrics file", f"dmlrepro evaluate --run {run.id}")
+    if not isinstance(metrics, dict) or metrics.get("config_hash") != run.hash:
         raise DmlReproError(f"{path} comes from another configuration of {run.id} (hash {metrics.get('config_hash')},"
                             f" now {run.hash}); rerun `dmlrepro train --run {run.id}` and `dmlrepro evaluate --run {run.id}`")
     return metrics

@@ -34,7 +34,12 @@ SIGTERM (`dmlrepro train` turns SIGTERM, which Snakemake sends to a cancelled jo
 so the status gets written). The run id is stored in the trainer's checkpoint, so a resumed job
 reopens the same run (RUNNING again, ``attempts`` + 1, the git tags of the latest attempt) and
 continues its epochs; a job killed before its first checkpoint leaves a KILLED run without epochs
-and its rerun opens a new one. The run id is also stored in history.json and model.pt
+and its rerun opens a new one. Each attempt records ``pid`` and ``hostname`` as tags: a job killed
+by SIGKILL (the OOM killer, a lost node) cannot mark its run, so the next attempt of the same run
+id and ``config_hash`` finds it, under the store lock, RUNNING with its process gone (on this host),
+marks it KILLED (tag ``killed_found``) and continues it as a single run. Each attempt's outcome is
+kept as a tag ``attempt_<n>`` (``FINISHED``, ``KILLED: ...``, ``FAILED: ...``); a run that finishes
+drops the ``failure`` tag an earlier attempt left. The run id is also stored in history.json and model.pt
 (``mlflow_run_id``), which is how evaluate and the table entries find it. Every execution of
 `dmlrepro train` is one training run: Snakemake and DVC rerun training only after a change to its
 code, data or configuration, so the training experiment is the history of those changes.
@@ -55,7 +60,8 @@ declaration no longer has are deleted the same way.
 Store and concurrency: MLflow is imported lazily (its import costs over a second) and only
 through ``MlflowClient`` (never the fluent API's global state). With a sqlite store, every write
 (and the schema creation, done once by `dmlrepro mlflow-init` before parallel jobs start) happens
-under one file lock, ``<db>.lock``, held only for a short batch of writes, so parallel jobs never
+under one file lock, ``<db>.lock`` (bounded waits, busy retries and a corrupt store's message:
+:mod:`.store`), held only for a short batch of writes, so parallel jobs never
 create the schema concurrently (which corrupts it) nor contend for sqlite's write lock. That lock
 holds on one machine only: jobs spread over a cluster's nodes write to a tracking server instead
 (``tracking_uri: http://host:5000``, `mlflow server` with a PostgreSQL backend store:
@@ -80,21 +86,22 @@ the sidebar's "GenAI | Model training" switch once makes it that browser's defau
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import getpass
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import DmlReproError
 from ..hashing import sha256_file
+from ..readers import read_json
 from ..study.declarations import Sweep, Table
 from ..study.runs import Run, flatten as flatten_keys
+from .store import RetryingClient, StoreError, lock_wait, process_gone, sqlite_file as _sqlite_file, store_lock
 
 TRAINING_EXPERIMENT = "training-runs/{dataset}"
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
@@ -103,39 +110,18 @@ DEFAULT_ARTIFACT_ROOT = "mlartifacts"
 _PARAMS_PER_BATCH, _METRICS_PER_BATCH = 100, 1000  # MLflow's log_batch limits
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    db = _sqlite_file(uri)
-    if db is None:  # a server store serialises writes itself
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def init_store(uri: str) -> None:
+def init_store(uri: str, wait: float | None = None) -> None:
     """Create the tracking store once (schema migrations), before parallel jobs start; for a
     tracking server, check that it answers (its own store is the server's business)."""
-    from mlflow.tracking import MlflowClient
-
     if _is_server(uri):
         check_server(uri)
         return
-    with store_lock(uri):
-        MlflowClient(uri).search_experiments(max_results=1)
+    with store_lock(uri, wait):
+        _client(uri, wait).search_experiments(max_results=1)
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
@@ -290,10 +276,9 @@ def _experiment(client, name: str, root: str | None, tags: dict) -> str:
     return exp.experiment_id
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(uri)
+def _client(uri: str, wait: float | None = None):
+    """A client of the store whose calls retry sqlite's busy errors and name a corrupt store (:mod:`.store`)."""
+    return RetryingClient(uri, wait)
 
 
 def _not_found(exc: Exception) -> bool:
@@ -319,12 +304,14 @@ class TrainingTracker:
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.finished = False
+        self.attempt = 1
+        self.wait = lock_wait(params)
         self._mlflow = None
 
     @property
     def client(self):
         if self._mlflow is None:
-            self._mlflow = _client(self.uri)
+            self._mlflow = _client(self.uri, self.wait)
         return self._mlflow
 
     def _tags(self) -> dict:
@@ -351,14 +338,15 @@ class TrainingTracker:
         return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
     def start(self, resume_id: str | None = None, done_epochs: list | None = None) -> str:
-        """Open the run (or reopen `resume_id`, the run a checkpoint was written for); return its id.
-        done_epochs: the history entries a checkpoint already holds, logged if the run is new."""
+        """Open the run (or reopen `resume_id`, the run a checkpoint was written for, or an orphan:
+        see :meth:`_orphans`); return its id. done_epochs: the history entries a checkpoint already
+        holds, logged if the run is new."""
         from mlflow.entities import RunTag
         from mlflow.exceptions import MlflowException
 
-        tags = self._tags()
+        tags = {**self._tags(), "pid": str(os.getpid()), "hostname": socket.gethostname()}
         dataset = self._dataset_input()
-        with store_lock(self.uri):
+        with store_lock(self.uri, self.wait):
             client = self.client
             self.experiment_id = _experiment(client, TRAINING_EXPERIMENT.format(dataset=self.run.dataset),
                                              artifact_root(self.params), {"dataset": self.run.dataset})
@@ -373,12 +361,18 @@ class TrainingTracker:
                                              or previous.info.experiment_id != self.experiment_id
                                              or previous.data.tags.get("config_hash") != self.run.hash):
                     previous = None
+            orphans = self._orphans(client)
+            if previous is None and orphans and not done_epochs:
+                previous = orphans[-1]  # the newest: this attempt continues it
+            for orphan in orphans:
+                self._mark_orphan(client, orphan, adopted=previous is not None
+                                  and orphan.info.run_id == previous.info.run_id)
             if previous is not None:
-                self.run_id = resume_id
-                client.update_run(resume_id, status="RUNNING")
-                attempts = int(previous.data.tags.get("attempts", "1")) + 1
-                client.log_batch(resume_id, tags=[RunTag(k, v) for k, v in {**tags, "attempts": str(attempts)}.items()
-                                                  if previous.data.tags.get(k) != v])
+                self.run_id = previous.info.run_id
+                client.update_run(self.run_id, status="RUNNING")
+                self.attempt = int(previous.data.tags.get("attempts", "1")) + 1
+                client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in {**tags, "attempts": str(self.attempt)}.items()
+                                                    if previous.data.tags.get(k) != v])
                 logged_params = previous.data.params
                 inputs = previous.inputs.dataset_inputs if previous.inputs else []
                 has_dataset = dataset is not None and any(i.dataset.digest == dataset.dataset.digest for i in inputs)
@@ -392,8 +386,30 @@ class TrainingTracker:
                 client.log_inputs(self.run_id, datasets=[dataset])
         return self.run_id
 
+    def _orphans(self, client) -> list:
+        """Older RUNNING runs of this run id and configuration whose job is gone (its pid, recorded
+        as a tag, no longer runs on this host: SIGKILL, the OOM killer), oldest first."""
+        query = (f"attributes.status = 'RUNNING' and tags.run = '{self.run.id}' "
+                 f"and tags.config_hash = '{self.run.hash}'")
+        found = client.search_runs([self.experiment_id], query, order_by=["attributes.start_time ASC"])
+        return [r for r in found if process_gone(r.data.tags.get("pid"), r.data.tags.get("hostname"))]
+
+    def _mark_orphan(self, client, orphan, adopted: bool) -> None:
+        """Mark an orphan KILLED, with how it was found in its attempt's tag."""
+        tags = orphan.data.tags
+        attempt = tags.get("attempts", "1")
+        how = (f"KILLED: found RUNNING with its process gone (pid {tags.get('pid')} on {tags.get('hostname')}) "
+               f"by pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+               + ("; the next attempt continued this run" if adopted else ""))
+        client.set_tag(orphan.info.run_id, f"attempt_{attempt}", how[:5000])
+        client.set_tag(orphan.info.run_id, "killed_found", "process gone (found by a later attempt)")
+        client.set_terminated(orphan.info.run_id, "KILLED", end_time=_now_ms())
+        print(f"MLflow: training run {orphan.info.run_id} of {self.run.id} was RUNNING, but its job "
+              f"(pid {tags.get('pid')}) is gone: marked KILLED" + ("; this attempt continues it" if adopted else ""),
+              file=sys.stderr)
+
     def log_epoch(self, entry: dict) -> None:
-        with store_lock(self.uri):
+        with store_lock(self.uri, self.wait):
             _log_metrics(self.client, self.run_id, epoch_metrics(entry))
 
     def finish(self, out_dir: Path) -> None:
@@ -402,12 +418,14 @@ class TrainingTracker:
         from .provenance import model_tags
 
         tags = model_tags(Path(out_dir) / "model.pt")
-        with store_lock(self.uri):
+        with store_lock(self.uri, self.wait):
             for name in ("model.pt", "history.json"):
                 if (Path(out_dir) / name).is_file():
                     self.client.log_artifact(self.run_id, str(Path(out_dir) / name))
-            for key, value in tags.items():
+            for key, value in {**tags, f"attempt_{self.attempt}": "FINISHED"}.items():
                 self.client.set_tag(self.run_id, key, value)
+            if "failure" in self.client.get_run(self.run_id).data.tags:  # an earlier attempt's: its
+                self.client.delete_tag(self.run_id, "failure")           # attempt_<n> tag keeps it
             self.client.set_terminated(self.run_id, "FINISHED", end_time=_now_ms())
         self.finished = True
 
@@ -415,7 +433,8 @@ class TrainingTracker:
         """Mark the run `status` (FAILED or KILLED), opening one first if training never started."""
         if self.run_id is None:
             self.start(None)
-        with store_lock(self.uri):
+        with store_lock(self.uri, self.wait):
+            self.client.set_tag(self.run_id, f"attempt_{self.attempt}", f"{status}: {why}"[:5000])
             if why:
                 self.client.set_tag(self.run_id, "failure", why[:5000])
             self.client.set_terminated(self.run_id, status, end_time=_now_ms())
@@ -424,7 +443,7 @@ class TrainingTracker:
         return self
 
     def __exit__(self, etype, exc, tb) -> bool:
-        if etype is None or self.finished:
+        if etype is None or self.finished or issubclass(etype, StoreError):  # no record can be written
             return False
         status = "KILLED" if issubclass(etype, (KeyboardInterrupt, SystemExit)) else "FAILED"
         try:
@@ -456,16 +475,18 @@ def log_evaluation(params: dict, run: Run, run_dir: Path) -> str | None:
     from mlflow.exceptions import MlflowException
 
     history_file = run_dir / "history.json"
-    run_id = json.loads(history_file.read_text("utf-8")).get("mlflow_run_id") if history_file.is_file() else None
+    history = read_json(history_file, "training history", f"dmlrepro train --run {run.id}") \
+        if history_file.is_file() else {}
+    run_id = history.get("mlflow_run_id") if isinstance(history, dict) else None
     if not run_id:
         print(f"MLflow: {history_file} names no training run (trained without tracking); "
               "nothing logged", file=sys.stderr)
         return None
     metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text("utf-8"))
+    metrics = read_json(metrics_file, "metrics file", f"dmlrepro evaluate --run {run.id}")
     uri = params["mlflow"]["tracking_uri"]
-    with store_lock(uri):
-        client = _client(uri)
+    with store_lock(uri, lock_wait(params)):
+        client = _client(uri, lock_wait(params))
         try:
             client.get_run(run_id)
         except MlflowException as exc:
@@ -493,8 +514,8 @@ def _entries(target: Table | Sweep) -> list[tuple[str, Run]]:
 def _run_payload(params: dict, run: Run) -> dict:
     folder = run.dir(params)
     metrics_file = folder / "metrics.json"
-    metrics = json.loads(metrics_file.read_text("utf-8"))
-    history = json.loads((folder / "history.json").read_text("utf-8"))
+    metrics = read_json(metrics_file, "metrics file", f"dmlrepro evaluate --run {run.id}")
+    history = read_json(folder / "history.json", "training history", f"dmlrepro train --run {run.id}")
     ts = _now_ms()
     values = [m for entry in history["epochs"] for m in epoch_metrics(entry, ts)] + final_metrics(metrics, ts)
     return {"config_hash": metrics["config_hash"], "metrics_sha256": sha256_file(metrics_file),
@@ -555,8 +576,8 @@ def log_target(params: dict, target: Table | Sweep) -> int:
     git = git_state()
     payloads = [(label.replace("'", ""), run, _run_payload(params, run)) for label, run in _entries(target)]
     written = 0
-    with store_lock(uri):
-        client = _client(uri)
+    with store_lock(uri, lock_wait(params)):
+        client = _client(uri, lock_wait(params))
         exp_id = _experiment(client, target.ref, artifact_root(params), {"paper": target.paper, "table": target.name})
         existing: dict[tuple, list] = {}
         for found in _all_runs(client, exp_id):

@@ -46,7 +46,7 @@ NON_SEMANTIC = {
     # `fonts` (explicit files) counts: it picks the designs; `ks` reaches the run as evaluation.ks
     "data": {"workers", "font_dirs", "root", "ks"},
     "extract": {"batch_size", "threads", "engine"},  # engines agree with torch within 1e-3 (checked)
-    "train": {"threads"},
+    "train": {"threads", "allow_unusual_optimizer"},  # the escape hatch of a range check changes no result
     "evaluation": {"threads", "test_every_epoch"},
     # mixed precision, like the device, is how the machine runs it, not what the run is
     "finetune": {"workers", "eval_batch_size", "amp"},

@@ -31,6 +31,7 @@ import torch
 from .. import atomic
 from ..backbones.extract import feature_splits, load_features
 from ..errors import DmlReproError
+from ..readers import check_finite_weights, read_torch
 from ..evaluation.metrics import evaluate_retrieval
 from ..evaluation.sets import evaluation_sets, score_set
 from ..methods import build_criterion
@@ -81,20 +82,34 @@ def embed(head: torch.nn.Module, features: np.ndarray, device: str, batch: int =
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+_UNWRITABLE_CHECKPOINTS: set = set()
+
+
+def _save_checkpoint(path: Path, state: dict) -> bool:
+    """Write the resume state; a failed write (full disk, read-only folder) is a warning (once per
+    file), not the end of the training: only the ability to resume is lost. Returns whether it was written."""
+    try:
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a Python file: a failure is an OSError
+            torch.save(state, fh)
+    except OSError as exc:
+        if path not in _UNWRITABLE_CHECKPOINTS:
+            _UNWRITABLE_CHECKPOINTS.add(path)
+            print(f"warning: cannot write the checkpoint {path} ({exc.strerror or exc}); training goes on, but a "
+                  f"killed job would start this run over: free space in {path.parent} (or make it writable), or "
+                  f"point params.yaml's paths.checkpoints elsewhere", file=sys.stderr)
+        return False
+    return True
 
 
 def _load_checkpoint(path: Path, cfg_hash: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a torn file cannot happen (atomic writes), but be explicit if it does
-        print(f"warning: ignoring unreadable checkpoint {path}: {exc}", file=sys.stderr)
+        state = read_torch(path, "checkpoint", "dmlrepro train (it starts the run over)")
+    except DmlReproError as exc:  # a torn file cannot happen (atomic writes), but be explicit if it does
+        print(f"warning: ignoring it: {exc}", file=sys.stderr)
         return None
-    if state.get("config_hash") != cfg_hash or state.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(state, dict) or state.get("config_hash") != cfg_hash or state.get("version") != CHECKPOINT_VERSION:
         return None
     return state
 
@@ -253,6 +268,7 @@ def train_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epo
 
 def _diverged(run: Run, epoch: int, step: int, last_finite, why: str) -> Diverged:
     last = "no finite loss yet" if last_finite is None else f"last finite loss {last_finite:.6g}"
+    why = why.split("; try a lower")[0]  # a loss's own advice (pml's): the advice below says it, once
     return Diverged(
         f"training of {run.id} diverged at epoch {epoch}, step {step}: {why} ({last}); no model was written. "
         "Lower train.lr (or the loss's loss_lr_multiplier), or check the loss_args"
@@ -261,17 +277,26 @@ def _diverged(run: Run, epoch: int, step: int, last_finite, why: str) -> Diverge
 
 def _finish(out_dir: Path, model: dict, history: dict, cfg: dict, cfg_hash: str) -> dict:
     model.update({"config": cfg, "config_hash": cfg_hash})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(model, tmp)
-    atomic.write_json(out_dir / "history.json", history)
+    atomic.write_torch(out_dir / "model.pt", model)
+    try:
+        atomic.write_json(out_dir / "history.json", history)
+    except DmlReproError:
+        (out_dir / "model.pt").unlink(missing_ok=True)  # never one declared output without the other
+        raise
     return {"config_hash": cfg_hash, "best_epoch": model["best_epoch"], "out_dir": str(out_dir)}
 
 
-def load_model(path: Path) -> dict:
+def load_model(path: Path, run_id: str | None = None) -> dict:
+    """A trained model.pt, checked: readable, a model of this package, finite weights."""
+    rebuild = f"dmlrepro train --run {run_id}" if run_id else "dmlrepro train --run RUN"
     if not path.exists():
-        raise DmlReproError(f"trained model {path} not found; run `dmlrepro train` for this run first")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise DmlReproError(f"trained model {path} not found; run `{rebuild}` first")
+    model = read_torch(path, "trained model", rebuild)
+    if not isinstance(model, dict) or not {"head_kind", "config_hash", "best_epoch"} <= set(model):
+        raise DmlReproError(f"{path} is not a model written by `dmlrepro train` (it lacks head_kind, config_hash "
+                            f"or best_epoch); delete it and rebuild it with `{rebuild}`")
+    check_finite_weights(model, path, rebuild)
+    return model
 
 
 def head_from_model(model: dict, which: str = "best") -> torch.nn.Module:
