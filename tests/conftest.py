@@ -113,3 +113,24 @@ def torch_one_thread():
 @pytest.fixture
 def workspace(tmp_path):
     return make_workspace(tmp_path, tiny_params())
+
+
+
+def nan_criterion():
+    """A criterion whose loss is NaN from the first step (for the divergence paths)."""
+    import torch
+
+    class Nan(torch.nn.Module):
+        def forward(self, z, labels):
+            return z.sum() * float("nan")
+
+        def param_groups(self, lr):
+            return []
+
+        def start_epoch(self, epoch, epochs, train_embeddings):
+            pass
+
+        def clip_gradients(self, parameters):
+            pass
+
+    return Nan()

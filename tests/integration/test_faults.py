@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli_env, make_workspace, run, tiny_params
+from conftest import cli_env, make_workspace, nan_criterion, run, tiny_params
 
 pytestmark = pytest.mark.integration
 
@@ -178,28 +178,12 @@ def test_nan_weights_in_a_model_name_the_model_and_the_training_command(ws, tmp_
 
 def test_a_diverged_loss_is_reported_once(ws, tmp_path, monkeypatch, capsys):
     """A loss that becomes NaN: its own message (lower train.lr), printed once, no model."""
-    import torch
-
     from dmlrepro import cli
     from dmlrepro.training import frozen
 
     pfile = variant(ws, tmp_path)
-
-    class Nan(torch.nn.Module):
-        def forward(self, z, labels):
-            return z.sum() * float("nan")
-
-        def param_groups(self, lr):
-            return []
-
-        def start_epoch(self, epoch, epochs, train_embeddings):
-            pass
-
-        def clip_gradients(self, parameters):
-            pass
-
     monkeypatch.chdir(ws)
-    monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: Nan())
+    monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: nan_criterion())
     code = cli.main(["--params", str(pfile), "train", "--run", RUN])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err

@@ -13,6 +13,7 @@ from dmlrepro.reporting.tracking import (KIND, KIND_TAG, TrainingTracker, flatte
 from dmlrepro.study import load_study
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
+from conftest import nan_criterion
 from studyutil import study_params, write_metrics, write_paper
 from test_training import _features
 
@@ -237,18 +238,8 @@ def test_an_interrupt_is_killed_and_an_error_is_failed(training, monkeypatch):
         _train(params, run)
     monkeypatch.setattr(frozen, "evaluate_retrieval", real)
 
-    class Nan(torch.nn.Module):
-        def forward(self, z, labels):
-            return z.sum() * float("nan")
-
-        def param_groups(self, lr):
-            return []
-
-        def start_epoch(self, epoch, epochs, train_embeddings):
-            pass
-
     other = resolve_run(params, "glyphs", "triplet", 0, [])
-    monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: Nan())
+    monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: nan_criterion())
     with pytest.raises(frozen.Diverged):
         _train(params, other)
     missing = resolve_run(params, "glyphs", "triplet", 1, [])
