@@ -383,7 +383,10 @@ class TrainingTracker:
                 _log_metrics(client, self.run_id, [m for e in done_epochs or [] for m in epoch_metrics(e)])
             _log_params(client, self.run_id, flatten(self.run.config), logged_params)
             if dataset is not None and not has_dataset:
-                client.log_inputs(self.run_id, datasets=[dataset])
+                try:
+                    client.log_inputs(self.run_id, datasets=[dataset])
+                except MlflowException:  # a server store: a parallel job inserted the same dataset first
+                    client.log_inputs(self.run_id, datasets=[dataset])  # now it exists: only the link is added
         return self.run_id
 
     def _orphans(self, client) -> list:
