@@ -1,12 +1,15 @@
-# Two commands for a newcomer: `make run` (everything on the embedded glyphs benchmark) and `make test`.
+# Two commands for a newcomer: `make run` (everything on the embedded glyphs benchmark) and `make test`
+# (the test suite, then the documentation site under docs/ built with --strict).
 VENV ?= .venv
 PYTHON ?= python3
-# CPU build from the local wheel cache; for a GPU pick the CUDA build, e.g. TORCH="torch==2.13.0" with
-# the PyTorch CUDA index (see README).
+# CPU build from the local wheel cache; for a GPU pick the CUDA build from the PyTorch CUDA index, e.g.
+# `make install TORCH_INDEX=https://download.pytorch.org/whl/cu126` (README "GPU", docs/gpu-cluster.md).
+# TORCH is one requirement (quoted: "torch>=2.1" works); TORCH_INDEX, when set, is pip's --index-url for it.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 CORES ?= all
-# The DVC remote that `make push` / `make pull` share datasets, features and models through (README:
-# Sharing a study): a local folder by default; any DVC URL (s3://..., ssh://..., https://...) works.
+# The DVC remote that `make push` / `make pull` share datasets, features and models through
+# (docs/sharing-howto.md): a local folder by default; any DVC URL (s3://..., ssh://..., https://...) works.
 # SCOPE=--project writes .dvc/config (commit it: teammates' clones find the remote); SCOPE=--local
 # writes .dvc/config.local (this clone only, e.g. where the share is mounted elsewhere). DVC stores a
 # relative path relative to .dvc/ (../../dmlrepro-remote): a clone beside this one finds the same folder.
@@ -16,7 +19,7 @@ SCOPE ?= --project
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run install fonts test dvc-repro mlflow-ui clean-results remote push pull
+.PHONY: run install fonts test docs docs-serve dvc-repro mlflow-ui clean-results remote push pull
 
 run: install fonts
 	snakemake --cores $(CORES)
@@ -26,7 +29,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
@@ -35,8 +38,19 @@ fonts: install fonts/.complete
 fonts/.complete:
 	bash workflow/scripts/fetch_fonts.sh
 
+# The documentation site (mkdocs.yml, docs/) into site/: --strict fails on a broken link, anchor or
+# nav entry. NO_MKDOCS_2_WARNING silences Material's end-of-life banner, not a check.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+
 test: install
 	$(BIN)/python -m pytest -q
+	$(MKDOCS) build --strict --site-dir site
+
+docs: install
+	$(MKDOCS) build --strict --site-dir site
+
+docs-serve: install
+	$(MKDOCS) serve
 
 dvc-repro: install fonts
 	dvc repro

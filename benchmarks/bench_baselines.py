@@ -52,12 +52,12 @@ def _train(job: tuple) -> dict:
     """Train one configuration on seed 0; its validation curve (no test split is read)."""
     params, method, overrides, tag = job
     from dmlrepro.study.runs import resolve_run
-    from dmlrepro.training.frozen import train_run
+    from dmlrepro.training.frozen import train_frozen
 
     run = resolve_run(params, "glyphs", method, 0, [("benchmark", overrides, overrides)])
     out = Path(params["paths"]["runs"]) / tag
     t0 = time.time()
-    train_run(params, run, out, "cpu")
+    train_frozen(params, run, out, "cpu")
     history = json.loads((out / "history.json").read_text())
     val = [round(100 * e["val"]["recall@1"], 2) for e in history["epochs"]]
     return {"method": method, "overrides": overrides, "val_r1": val, "best": max(val),
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "baselines.json"))
     args = ap.parse_args()
 
-    from dmlrepro.config import load_params
+    from dmlrepro.study.params import load_params
 
     params_file = Path(args.params)
     params = load_params(params_file)

@@ -120,18 +120,20 @@ def make_dataset(folder: Path, classes: int, per_class: int, seed: int = 0) -> d
 
 
 class DataPath:
-    """The trainer's training data path over a prepared dataset (train_finetune_run's lines)."""
+    """The trainer's training data path over a prepared dataset (FinetuneRegime's lines)."""
 
     def __init__(self, dataset: Path, batch: int, m_per_class: int, iterations: int, size: int, seed: int = 0):
         from dmlrepro.training.images import ManifestImages, SeededBatches, TrainingViews, ViewSettings
+        from dmlrepro.study.settings import TrainSettings, section_settings
         from dmlrepro.training.sampler import batch_sampler
 
         self.images = ManifestImages(dataset)
         views = ViewSettings(input_size=size, resize=round(size * 256 / 224), crop_scale=(0.16, 1.0), flip=True)
         train_rows = self.images.rows("train")
         _, train_targets = np.unique(self.images.labels[train_rows], return_inverse=True)
-        tcfg = {"batch_size": batch, "m_per_class": m_per_class, "iterations_per_epoch": iterations}
-        self.batches = SeededBatches(batch_sampler(train_targets, tcfg, seed), train_rows, seed)
+        train = section_settings(TrainSettings, "train", {"epochs": 1, "lr": 1e-4, "embedding_dim": 512, "batch_size": batch,
+                                                          "m_per_class": m_per_class, "iterations_per_epoch": iterations})
+        self.batches = SeededBatches(batch_sampler(train_targets, train, seed), train_rows, seed)
         self.targets = np.zeros(len(self.images.labels), dtype=np.int64)
         self.targets[train_rows] = train_targets
         self.views = TrainingViews(self.images, views)
@@ -199,17 +201,18 @@ def random_weights(name: str, folder: Path, calibration: torch.Tensor) -> str:
 
 def method_config() -> dict:
     """params.yaml's multi_similarity method (loss, miner and their arguments)."""
-    from dmlrepro.methods.pml import METHOD_KEYS
+    from dmlrepro.methods import METHOD_KEYS
 
     method = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]["multi_similarity"]
     return {k: v for k, v in method.items() if k in METHOD_KEYS}
 
 
 def build(name: str, weights: str | None, size: int, num_classes: int, lr: float = 3e-3):
-    """The trainer's network, criterion and optimizer (train_finetune_run's lines, on CPU)."""
+    """The trainer's network, criterion and optimizer (FinetuneRegime's lines, on CPU)."""
     from dmlrepro.methods import build_criterion
     from dmlrepro.training.finetune import build_network, set_training
-    from dmlrepro.training.frozen import optimizer_and_schedule
+    from dmlrepro.study.settings import TrainSettings, section_settings
+    from dmlrepro.training.loop import optimizer_and_schedule
 
     torch.manual_seed(0)
     cfg = {"backbone": {"name": name, "weights": weights, "pooling": POOLING.get(name, "avg")},
@@ -220,7 +223,9 @@ def build(name: str, weights: str | None, size: int, num_classes: int, lr: float
     groups = [{"params": net.head.parameters(), "lr": lr, "name": "head"},
               {"params": [p for p in net.backbone.parameters() if p.requires_grad], "lr": lr, "name": "backbone"},
               *criterion.param_groups(lr)]
-    optimizer, _ = optimizer_and_schedule(groups, {"optimizer": "adam", "weight_decay": 1e-5})
+    train = section_settings(TrainSettings, "train", {"epochs": 1, "iterations_per_epoch": 1, "batch_size": 1, "m_per_class": 1,
+                                                      "embedding_dim": 512, "lr": lr, "weight_decay": 1e-5})
+    optimizer, _ = optimizer_and_schedule(groups, train)
     trainable = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     return net, criterion, optimizer, trainable
 

@@ -99,15 +99,15 @@ def config_value(params: dict, dataset: str, method: str, key: str):
 
 def train_curve(job: tuple) -> dict:
     """Train one configuration on seed 0; its validation curve. Only the train and val splits of
-    the features are read (train_run without test_every_epoch)."""
+    the features are read (train_frozen without test_every_epoch)."""
     params, dataset, method, overrides, tag = job
     from dmlrepro.study.runs import resolve_run
-    from dmlrepro.training.frozen import train_run
+    from dmlrepro.training.frozen import train_frozen
 
     run = resolve_run(params, dataset, method, SEED, [("benchmark", overrides, overrides)])
     out = Path(params["paths"]["runs"]) / tag
     t0, c0 = time.time(), time.process_time()
-    train_run(params, run, out, "cpu", test_every_epoch=False)
+    train_frozen(params, run, out, "cpu", test_every_epoch=False)
     seconds, cpu = time.time() - t0, time.process_time() - c0
     history = json.loads((out / "history.json").read_text())
     val = [round(100 * e["val"]["recall@1"], 2) for e in history["epochs"]]
@@ -223,7 +223,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", help="default: benchmarks/results/<method>_tuning.json")
     args = ap.parse_args(argv)
 
-    from dmlrepro.config import load_params
+    from dmlrepro.study.params import load_params
 
     spec = METHODS[args.method]
     bases = args.bases or list(spec["bases"])

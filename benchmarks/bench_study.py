@@ -36,7 +36,7 @@ def count_cells(study) -> dict:
 
 def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
-    from dmlrepro.config import load_params
+    from dmlrepro.study.params import load_params
     from dmlrepro.study.stages import job_counts
     from dmlrepro.study import load_study
 

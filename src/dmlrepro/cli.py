@@ -13,14 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_PARAMS, check_defined, dataset_dir, load_params
+from .config import DEFAULT_PARAMS, check_defined
+from .study.params import load_params
 from .errors import DmlReproError
-
-
-def _device(params: dict, override: str | None) -> str:
-    from .backbones import resolve_device
-
-    return resolve_device(override or params["device"])
 
 
 def _study(params: dict):
@@ -29,12 +24,16 @@ def _study(params: dict):
     return load_study(params)
 
 
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
 def cmd_prepare(params: dict, args) -> None:
-    from .data import prepare_dataset
+    from .stages.prepare import prepare
 
     check_defined(params, "datasets", args.dataset)
     _study(params)  # the whole study is valid before any work (`dvc repro` runs this stage first)
-    summary = prepare_dataset(args.dataset, params["datasets"][args.dataset], dataset_dir(params, args.dataset))
+    summary = prepare(params, args.dataset)
     print(json.dumps(summary.get("counts", summary), indent=2, default=str))
 
 
@@ -46,35 +45,14 @@ def _features(study, feature_id: str):
 
 
 def cmd_extract(params: dict, args) -> None:
-    from .backbones.extract import extract_features
+    from .stages.extract import extract
 
-    feat = _features(_study(params), args.features)
-    from .preflight import check_outputs, features_output
-
-    check_outputs(features_output(params, feat, 1 + int(feat.config["extract"].get("train_views", 0))))
-    # the run's extraction settings, plus the machine-only ones (batch size, threads) of params.yaml
-    settings = {**feat.config["extract"], **{k: params["extract"][k] for k in ("batch_size", "threads")
-                                             if k in params["extract"]}}
-    summary = extract_features(dataset_dir(params, feat.dataset), feat.config["backbone"], settings,
-                               feat.path(params), device=_device(params, args.device))
+    summary = extract(params, _features(_study(params), args.features), args.device)
     print(json.dumps(summary, indent=2, default=str))
 
 
-def _raise_on_sigterm() -> None:
-    """SIGTERM (what Snakemake sends a cancelled job) raises SystemExit, so the MLflow run is marked
-    KILLED on the way out; a second SIGTERM kills at once."""
-    import signal
-
-    def handler(signum, frame):
-        signal.signal(signum, signal.SIG_DFL)
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def cmd_train(params: dict, args) -> None:
-    from .training import train as train_run
-    from .training.distributed import from_environment
+    from .stages.train import train
 
     if bool(args.run) == bool(args.run_id):
         raise DmlReproError("name the run once: `dmlrepro train --run RUN` or `dmlrepro train RUN`")
@@ -82,86 +60,64 @@ def cmd_train(params: dict, args) -> None:
     run = study.run(args.run or args.run_id)
     # the flag, or what the declarations and params.yaml ask now (a `dvc exp run -S` cannot change the flag)
     every_epoch = args.test_every_epoch or study.needs[run.id].test_every_epoch
-    from .preflight import check_outputs, training_outputs
-
-    check_outputs(training_outputs(params, run, every_epoch))
-    device = _device(params, args.device)
-    if args.no_mlflow or not from_environment().is_main:  # under torchrun, rank 0 alone keeps the record
-        summary = train_run(params, run, run.dir(params), device, test_every_epoch=every_epoch)
-    else:
-        from .reporting.tracking import TrainingTracker
-
-        _raise_on_sigterm()
-        with TrainingTracker(params, run, test_every_epoch=every_epoch) as tracker:
-            summary = train_run(params, run, run.dir(params), device, test_every_epoch=every_epoch, tracker=tracker)
-        summary["mlflow_run_id"] = tracker.run_id
+    summary = train(params, run, args.device, test_every_epoch=every_epoch, record=not args.no_mlflow)
     print(json.dumps(summary, indent=2))
 
 
 def cmd_evaluate(params: dict, args) -> None:
-    from .evaluation.run import evaluate_run
-
-    from .preflight import check_writable
+    from .stages.evaluate import evaluate
 
     study = _study(params)
     run = study.run(args.run)
     needs = study.needs[run.id]
-    check_writable(run.dir(params), "metrics file", "paths.runs")
-    metrics = evaluate_run(params, run, run.dir(params), _device(params, args.device), nmi=args.nmi or needs.nmi,
-                           paper_protocol=args.paper_protocol or needs.test_every_epoch,
-                           last_epoch=args.last_epoch or needs.last_epoch)
+    metrics, run_id = evaluate(params, run, args.device, nmi=args.nmi or needs.nmi,
+                               paper_protocol=args.paper_protocol or needs.test_every_epoch,
+                               last_epoch=args.last_epoch or needs.last_epoch, record=not args.no_mlflow)
     print(json.dumps({k: v for k, v in metrics.items() if k != "val" and isinstance(v, dict)}, indent=2))
-    if not args.no_mlflow:
-        from .reporting.tracking import log_evaluation
-
-        run_id = log_evaluation(params, run, run.dir(params))
-        if run_id:
-            print(f"MLflow ({params['mlflow']['tracking_uri']}): metrics.json logged to training run {run_id}")
+    if run_id:
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): metrics.json logged to training run {run_id}")
 
 
-def _write_target(params: dict, target, write, no_mlflow: bool) -> None:
-    """Write a table's or a figure's files, then log its runs to its MLflow experiment."""
-    from .reporting.tracking import log_target
-
-    for path in write(params, target):
+def _report_target(params: dict, target, paths: list, logged: int | None) -> None:
+    for path in paths:
         print(f"wrote {path}")
-    if not no_mlflow:
-        written = log_target(params, target)
-        print(f"MLflow ({params['mlflow']['tracking_uri']}): {written} entr{'y' if written == 1 else 'ies'} "
-              f"of experiment {target.ref} logged (new or updated)")
+    if logged is not None:
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): {_entries(logged)} of experiment {target.ref} "
+              f"logged (new or updated)")
 
 
 def cmd_table(params: dict, args) -> None:
-    from .reporting.tables import write_table
+    from .stages.table import table
 
-    _write_target(params, _study(params).table(args.table), write_table, args.no_mlflow)
+    target = _study(params).table(args.table)
+    _report_target(params, target, *table(params, target, record=not args.no_mlflow))
 
 
 def cmd_figure(params: dict, args) -> None:
-    from .reporting.figures import write_figure
+    from .stages.figure import figure
 
-    _write_target(params, _study(params).sweep(args.figure), write_figure, args.no_mlflow)
+    target = _study(params).sweep(args.figure)
+    _report_target(params, target, *figure(params, target, record=not args.no_mlflow))
 
 
 def cmd_claims(params: dict, args) -> None:
-    from .reporting.claims import write_claims_page
+    from .stages.claims import claims
 
-    paths, results = write_claims_page(_study(params), args.paper)
+    paths, results, logged = claims(_study(params), args.paper, record=not args.no_mlflow)
     for path in paths:
         print(f"wrote {path}")
     for result in results:
         print(f"{result.claim.id} ({result.protocol}): {result.verdict}")
-    if not args.no_mlflow:
-        from .reporting.tracking import CLAIMS_EXPERIMENT, log_claims
+    if logged is not None:
+        from .reporting.table_record import CLAIMS_EXPERIMENT
 
-        written = log_claims(params, args.paper, results)
-        print(f"MLflow ({params['mlflow']['tracking_uri']}): {written} entr{'y' if written == 1 else 'ies'} "
-              f"of experiment {CLAIMS_EXPERIMENT.format(paper=args.paper)} logged (new or updated)")
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): {_entries(logged)} of experiment "
+              f"{CLAIMS_EXPERIMENT.format(paper=args.paper)} logged (new or updated)")
 
 
 def cmd_mlflow_init(params: dict, args) -> None:
     from .reporting.store import lock_wait
-    from .reporting.tracking import init_store
+    from .reporting.store import init_store
 
     init_store(params["mlflow"]["tracking_uri"], lock_wait(params))
 

@@ -1,28 +1,17 @@
 """Share a study through a DVC remote: `dmlrepro push` and `dmlrepro pull` (`make push` / `make pull`).
 
-Git carries the code, params.yaml, dvc.lock and the small outputs (metrics.json, history.json,
-tables, figures); the DVC remote carries what dvc.lock records as cached outputs (the prepared
-datasets as DVC directories, the cached features, the trained models). A commit's dvc.lock names
-every such file by its md5 (DVC 3: the md5 of the file's bytes; a directory is a ``.dir`` listing
-of its files' md5s), which is what these commands check against.
+Git carries the code, params.yaml, dvc.lock and the small outputs; the DVC remote carries what
+dvc.lock records as cached outputs (prepared datasets, cached features, trained models), each named
+by its md5, which is what these commands check against.
 
-Why not plain `dvc push` / `dvc pull`? DVC 3.67's own messages leave the common failures unclear,
-and one of them silent:
-
-* a remote folder that does not exist: `dvc pull` prints "Everything is up to date.", a list of
-  bare md5s and "Checkout failed ... Is your cache up to date?", without the remote's URL;
-* a partly pushed remote: "failed to transfer 'fb0d...'", an md5 without a file name;
-* a corrupted object in the local cache: `dvc checkout` copies it into the workspace without a
-  word, and `dvc status` then reports "up to date" (its state database trusts the file it wrote).
-
-`dmlrepro pull` therefore (1) md5-checks the local cache objects this commit needs (a corrupt one is
-deleted), (2) fetches what is missing, if anything, from the default remote (checked to be
-configured and, for a folder, to exist), (3) md5-checks every fetched object, and only when all are
-present and intact (4) runs `dvc checkout`, md5-checks the workspace copies and requires a clean
-`dvc status`. Any failure before (4) leaves the workspace exactly as it was, and the message names
-the output files and the command that fixes it. `dmlrepro push` requires a clean `dvc status`
-(dvc.lock describes the workspace), md5-checks the local cache, pushes and checks that the remote
-now holds every object.
+Why not plain `dvc push` / `dvc pull`: DVC 3.67 is unclear on the common failures (a missing remote
+folder, a partly pushed remote) and silent on a corrupt local cache object. So `dmlrepro pull`
+md5-checks the local cache (deleting a corrupt object), fetches what is missing from the default
+remote (checked to exist), md5-checks what it fetched, and only then runs `dvc checkout`, checks the
+workspace copies and requires a clean `dvc status`: a failure before the checkout leaves the
+workspace as it was, and names the files and the fix. `dmlrepro push` requires a clean `dvc status`,
+md5-checks the local cache, pushes and checks that the remote holds every object.
+The failures in detail, and the steps: docs/sharing.md.
 """
 from __future__ import annotations
 

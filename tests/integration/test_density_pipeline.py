@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from conftest import make_workspace, run, tiny_params
+from conftest import run
+from mini_study import mini_study  # noqa: F401,F811  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +29,8 @@ tables:
 """
 
 
-def test_snakemake_trains_triplet_with_da_and_labels_it(tmp_path):
-    params = tiny_params(methods=("triplet", "triplet_da"), seeds=(0,))
-    params.update({"tables": ["damini/t"], "figures": []})
-    ws = make_workspace(tmp_path, params, papers={"damini": PAPER})
+def test_snakemake_trains_triplet_with_da_and_labels_it(mini_study):
+    ws = mini_study(PAPER, ("triplet", "triplet_da"))
     run(["snakemake", "--cores", "2", "results/tables/damini/t.md"], ws)
 
     folder = ws / "results/runs/glyphs/efficientnet_lite0/triplet_da/seed0"

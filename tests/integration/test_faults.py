@@ -97,7 +97,7 @@ def run_dir(folder: Path) -> Path:
 def training_runs(uri: str) -> list:
     from mlflow.tracking import MlflowClient
 
-    from dmlrepro.reporting.tracking import store_lock
+    from dmlrepro.reporting.store import store_lock
 
     with store_lock(uri):
         client = MlflowClient(uri)

@@ -156,11 +156,12 @@ def validation_labels(ws) -> np.ndarray:
 def validation_embeddings(ws, model: dict) -> np.ndarray:
     """The last epoch's L2-normalised embeddings of the validation images' evaluation views."""
     from dmlrepro.training.finetune import embed_rows, network_from_model
+    from dmlrepro.study.settings import FinetuneSettings, section_settings
     from dmlrepro.training.images import ManifestImages, ViewSettings
 
     images = ManifestImages(ws / "data/glyphs")
-    fcfg = model["config"]["finetune"]
-    return embed_rows(network_from_model(model, "last"), images, ViewSettings.of(fcfg), images.rows("val"), "cpu",
+    finetune = section_settings(FinetuneSettings, "finetune", model["config"]["finetune"])
+    return embed_rows(network_from_model(model, "last"), images, ViewSettings.of(finetune), images.rows("val"), "cpu",
                       batch=64)
 
 

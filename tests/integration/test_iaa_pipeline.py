@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from conftest import make_workspace, run, tiny_params
+from conftest import run
+from mini_study import mini_study  # noqa: F401,F811  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +31,8 @@ tables:
 """
 
 
-def test_snakemake_trains_ms_with_iaa_in_both_variants(tmp_path):
-    params = tiny_params(methods=("multi_similarity", "multi_similarity_iaa"), seeds=(0,))
-    params.update({"tables": ["iaamini/t"], "figures": []})
-    ws = make_workspace(tmp_path, params, papers={"iaamini": PAPER})
+def test_snakemake_trains_ms_with_iaa_in_both_variants(mini_study):
+    ws = mini_study(PAPER, ("multi_similarity", "multi_similarity_iaa"))
     run(["snakemake", "--cores", "2"], ws)  # the table and its paper's claims page
 
     runs = ws / "results/runs/glyphs/efficientnet_lite0"

@@ -42,7 +42,7 @@ def workspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def empty_store(tmp_path_factory) -> Path:
     """An MLflow sqlite store with its schema (created once: that takes seconds)."""
-    from dmlrepro.reporting.tracking import init_store
+    from dmlrepro.reporting.store import init_store
 
     db = tmp_path_factory.mktemp("store") / "mlflow.db"
     init_store(f"sqlite:///{db}")
@@ -71,7 +71,7 @@ def client_of(uri: str):
 def training_runs(uri: str) -> list:
     """Every active training run of the glyphs experiment, read under the store's lock (as every
     writer does), so a read never meets a schema being created."""
-    from dmlrepro.reporting.tracking import store_lock
+    from dmlrepro.reporting.store import store_lock
 
     with store_lock(uri):
         client = client_of(uri)

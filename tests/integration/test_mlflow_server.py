@@ -194,7 +194,7 @@ def test_table_entries_link_their_training_runs(built):
 def test_jobs_creating_one_experiment_at_once_share_it(server):
     """No file lock guards a server store: parallel jobs that find no experiment and create it
     end up with the one that won."""
-    from dmlrepro.reporting.tracking import _experiment
+    from dmlrepro.reporting.experiments import experiment
 
     uri, _ = server
     barrier, ids, errors = threading.Barrier(4), [], []
@@ -203,7 +203,7 @@ def test_jobs_creating_one_experiment_at_once_share_it(server):
         client = client_of(uri)
         barrier.wait()
         try:
-            ids.append(_experiment(client, "training-runs/race", None, {"dataset": "race"}))
+            ids.append(experiment(client, "training-runs/race", None, {"dataset": "race"}))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -218,7 +218,7 @@ def test_jobs_creating_one_experiment_at_once_share_it(server):
 def test_mlflow_init_names_a_server_that_does_not_answer(tmp_path):
     """No PostgreSQL needed: a tracking URI nobody serves fails at once (not after MLflow's minutes
     of retries), naming the URI; a server URI keeps the server's artifact root."""
-    from dmlrepro.reporting.tracking import artifact_root
+    from dmlrepro.reporting.store import artifact_root
 
     uri = f"http://127.0.0.1:{free_port()}"
     params = yaml.safe_load((REPO / "params.yaml").read_text())

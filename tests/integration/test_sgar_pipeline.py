@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from conftest import make_workspace, run, tiny_params
+from conftest import run
+from mini_study import mini_study  # noqa: F401,F811  (fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +30,8 @@ tables:
 """
 
 
-def test_snakemake_trains_proxy_anchor_with_sgar_and_labels_it(tmp_path):
-    params = tiny_params(methods=("proxy_anchor", "sgar"), seeds=(0,))
-    params.update({"tables": ["sgarmini/t"], "figures": []})
-    ws = make_workspace(tmp_path, params, papers={"sgarmini": PAPER})
+def test_snakemake_trains_proxy_anchor_with_sgar_and_labels_it(mini_study):
+    ws = mini_study(PAPER, ("proxy_anchor", "sgar"))
     run(["snakemake", "--cores", "2", "results/tables/sgarmini/t.md"], ws)
 
     runs = ws / "results/runs/glyphs/efficientnet_lite0"

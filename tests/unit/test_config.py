@@ -2,8 +2,9 @@ import copy
 
 import pytest
 
-from dmlrepro.config import (check_defined, figure_paths, load_params, section_problems, table_paths,
-                             validate_params)
+from dmlrepro.config import check_defined
+from dmlrepro.paths import figure_paths, table_paths
+from dmlrepro.study.params import load_params, section_problems, validate_params
 from dmlrepro.errors import DmlReproError
 from dmlrepro.study.runs import resolve_run
 from conftest import REPO

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from dmlrepro.config import validate_params
+from dmlrepro.study.params import validate_params
 from dmlrepro.errors import DmlReproError
 from dmlrepro.methods import CriterionWrapper, build_criterion, method_labels, method_problems
 from dmlrepro.methods.density import LABEL, class_statistics, density_term
@@ -242,7 +242,7 @@ sweeps:
 
 
 def test_mlflow_note_names_the_reconstruction(tmp_path):
-    from dmlrepro.reporting.tracking import method_note
+    from dmlrepro.reporting.training_record import method_note
     from dmlrepro.study import load_study
     from studyutil import study_params, write_paper
 

@@ -116,21 +116,19 @@ def test_push_checks_the_cache_first_and_names_the_corrupt_object(tmp_path, monk
 
 
 def test_divergence_gives_its_advice_once():
-    from types import SimpleNamespace
-
-    from dmlrepro.training.frozen import _diverged
+    from dmlrepro.training.loop import diverged
 
     why = "non-finite embeddings reached loss 'triplet' (diverged training?); try a lower train.lr or loss_lr_multiplier"
-    message = str(_diverged(SimpleNamespace(id="glyphs/b/triplet/seed0"), 3, 7, 0.25, why))
+    message = str(diverged("glyphs/b/triplet/seed0", 3, 7, 0.25, why))
     assert message.lower().count("lower train.lr") == 1 and "non-finite embeddings reached loss" in message
 
 
 def test_an_unreadable_checkpoint_is_a_warning_and_the_run_starts_over(tmp_path, capsys):
-    from dmlrepro.training.frozen import _load_checkpoint
+    from dmlrepro.training.checkpoint import load_checkpoint
 
     path = tmp_path / "abc-0.pt"
     path.write_bytes(b"torn")
-    assert _load_checkpoint(path, "abc") is None
+    assert load_checkpoint(path, "abc") is None
     err = capsys.readouterr().err
     assert err.startswith("warning: ignoring it: checkpoint") and str(path) in err
 

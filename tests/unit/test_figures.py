@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dmlrepro.config import figure_paths
+from dmlrepro.paths import figure_paths
 from dmlrepro.errors import DmlReproError
 from dmlrepro.reporting.figures import sweep_points, write_figure
 from dmlrepro.study import load_study

@@ -228,10 +228,13 @@ def test_settings_that_cannot_run_are_refused_up_front():
     from dmlrepro.training.finetune import check_settings
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    cfg = {"train": {**params["train"], "batch_size": 24, "m_per_class": 4}, "finetune": dict(params["finetune"])}
-    check_settings(cfg, Processes())
+    from dmlrepro.study.settings import run_settings
+
+    cfg = {"train": {**params["train"], "batch_size": 24, "m_per_class": 4}, "finetune": dict(params["finetune"]),
+           "evaluation": params["evaluation"]}
+    check_settings(run_settings(cfg), Processes())
     with pytest.raises(DmlReproError, match="multiple of 4 processes x train.m_per_class 4"):
-        check_settings(cfg, Processes(0, 4, 0))
+        check_settings(run_settings(cfg), Processes(0, 4, 0))
     cfg["finetune"]["resize"] = 200
     with pytest.raises(DmlReproError, match="finetune.resize"):
-        check_settings(cfg, Processes())
+        check_settings(run_settings(cfg), Processes())

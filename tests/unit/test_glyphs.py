@@ -374,7 +374,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(glyphs, "write_manifest", boom)
+    monkeypatch.setattr(glyphs.prepare, "write_manifest", boom)
     with pytest.raises(RuntimeError, match="killed"):
         prepare_glyphs(cfg(), out)  # rendering done, manifest fails: the old output stays as it was
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

@@ -972,7 +972,7 @@ def _views_of_statistics(params, tmp, monkeypatch, **iaa_args):
         return real_update(self, z, labels)
 
     monkeypatch.setattr(IntraClassAugmenter, "update_statistics", update)
-    frozen.train_run(params, run, tmp / f"out-{len(list(tmp.iterdir()))}", "cpu")
+    frozen.train_frozen(params, run, tmp / f"out-{len(list(tmp.iterdir()))}", "cpu")
     return seen
 
 

@@ -42,7 +42,7 @@ def test_statistics_are_refreshed_on_schedule_from_every_training_image(setup, m
         return real(self, z, labels)
 
     monkeypatch.setattr(IntraClassAugmenter, "update_statistics", spy)
-    frozen.train_run(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(params, run, tmp / "out", "cpu")
     # the fixture's training split: classes 0-7, 6 images each (one view), every image once
     assert calls == [(48, [6] * 8), (48, [6] * 8)]
 

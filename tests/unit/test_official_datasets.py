@@ -73,7 +73,7 @@ def test_release_counts_add_up():
 
 
 def test_params_schema_accepts_an_official_entry_and_refuses_a_typo():
-    from dmlrepro.config import validate_params
+    from dmlrepro.study.params import validate_params
 
     params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     params["datasets"]["cub"] = {"kind": "cub200", "root": "/data/CUB", "skip_unreadable": True, "ks": [1, 2]}

@@ -38,7 +38,7 @@ def test_every_dataset_kind_declares_its_protocol_and_a_valid_schema_fragment():
 
 
 def test_dataset_settings_are_checked_by_their_kinds_fragment():
-    from dmlrepro.config import validate_params
+    from dmlrepro.study.params import validate_params
     from dmlrepro.errors import DmlReproError
     import yaml
     from pathlib import Path

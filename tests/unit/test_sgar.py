@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from torch.overrides import TorchFunctionMode
 
-from dmlrepro.config import validate_params
+from dmlrepro.study.params import validate_params
 from dmlrepro.errors import DmlReproError
 from dmlrepro.methods import CriterionWrapper, build_criterion, method_labels, method_problems
 from dmlrepro.methods.sgar import SCHEMA, VARIANTS, SyntheticRanking, grouped_log1p_sum_exp, ranking_loss
@@ -531,7 +531,7 @@ def test_the_training_step_clips_each_gradient_value_in_the_code_variant(setup, 
         return optimizer, scheduler
 
     monkeypatch.setattr(frozen, "optimizer_and_schedule", optimizer_and_schedule)
-    frozen.train_run(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(params, run, tmp / "out", "cpu")
     assert len(largest) == 3 * 4  # every step of the fixture's 3 epochs x 4 iterations
     if variant == "code":
         assert max(largest) == 10.0  # clip_grad_value_(..., 10): the constructed gradients reach it
@@ -578,7 +578,7 @@ def test_q_is_trained_but_never_touched_when_embeddings_are_evaluated(setup, mon
 
     monkeypatch.setattr(frozen, "build_criterion", build)
     monkeypatch.setattr(frozen, "embed", embed)
-    frozen.train_run(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(params, run, tmp / "out", "cpu")
     assert in_training and not in_evaluation  # the spy works, and evaluation never calls q
     model = torch.load(tmp / "out/model.pt", weights_only=False)
     assert set(model["best_state"]) == set(model["last_state"]) == {"linear.weight", "linear.bias"}

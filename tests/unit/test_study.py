@@ -730,7 +730,7 @@ def test_dvc_params_of_a_run_follow_the_methods_own_train_settings(params):
 
 
 def test_a_methods_train_block_is_checked_by_the_schema(params):
-    from dmlrepro.config import validate_params
+    from dmlrepro.study.params import validate_params
 
     params["methods"]["triplet"]["train"] = {"lrr": 1e-3}
     with pytest.raises(DmlReproError, match="unknown key methods.triplet.train.lrr"):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dmlrepro.config import table_paths
+from dmlrepro.paths import table_paths
 from dmlrepro.errors import DmlReproError
 from dmlrepro.reporting.stats import format_cell, mean_ci
 from dmlrepro.reporting.cells import metric_value

@@ -8,11 +8,14 @@ import shutil
 import pytest
 import torch
 
-from dmlrepro.reporting.tracking import (KIND, KIND_TAG, TrainingTracker, flatten, init_store,
-                                         log_evaluation, log_target, ui_url)
+from dmlrepro.reporting.experiments import KIND, KIND_TAG, ui_url
+from dmlrepro.reporting.store import init_store
+from dmlrepro.reporting.table_record import log_target
+from dmlrepro.reporting.training_record import TrainingTracker, log_evaluation, mlflow_params
 from dmlrepro.study import load_study
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
+from dmlrepro.training.loop import Diverged
 from conftest import nan_criterion
 from studyutil import study_params, write_metrics, write_paper
 from test_training import _features
@@ -132,9 +135,9 @@ def test_a_sweep_logs_one_entry_per_point_and_seed(params):
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.0001", "0.001"]
 
 
-def test_flatten_nested_config():
-    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
-    assert flatten({"a": {}, "b": {"c": {"d": True}}}) == {"a": "{}", "b.c.d": "True"}
+def test_mlflow_params_of_a_nested_config():
+    assert mlflow_params({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+    assert mlflow_params({"a": {}, "b": {"c": {"d": True}}}) == {"a": "{}", "b.c.d": "True"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def training(tmp_path, monkeypatch, torch_one_thread, empty_store):
 
 def _train(params, run, **kwargs):
     with TrainingTracker(params, run, **kwargs) as tracker:
-        frozen.train_run(params, run, run.dir(params), "cpu", tracker=tracker, **kwargs)
+        frozen.train_frozen(params, run, run.dir(params), "cpu", tracker=tracker, **kwargs)
     return tracker.run_id
 
 
@@ -240,7 +243,7 @@ def test_an_interrupt_is_killed_and_an_error_is_failed(training, monkeypatch):
 
     other = resolve_run(params, "glyphs", "triplet", 0, [])
     monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: nan_criterion())
-    with pytest.raises(frozen.Diverged):
+    with pytest.raises(Diverged):
         _train(params, other)
     missing = resolve_run(params, "glyphs", "triplet", 1, [])
     missing = dataclasses.replace(missing, features=dataclasses.replace(missing.features, name="absent"))
@@ -257,6 +260,6 @@ def test_an_interrupt_is_killed_and_an_error_is_failed(training, monkeypatch):
 def test_training_without_a_tracker_touches_no_store(training, tmp_path):
     params, run, _ = training
     (tmp_path / "mlflow.db").unlink()
-    frozen.train_run(params, run, run.dir(params), "cpu")
+    frozen.train_frozen(params, run, run.dir(params), "cpu")
     assert "mlflow_run_id" not in json.loads((run.dir(params) / "history.json").read_text())
     assert not (tmp_path / "mlflow.db").exists()

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dmlrepro.config import load_params
+from dmlrepro.study.params import load_params
 from dmlrepro.methods import CriterionWrapper
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
+from dmlrepro.training.loop import Diverged
 from conftest import REPO
 
 
@@ -60,15 +61,15 @@ def _epochs(history):
 def train_killed_and_resumed(params, run, tmp, monkeypatch, stop_after: int = 1):
     """Train `run` once uninterrupted and once killed after epoch `stop_after` then resumed (the
     generators scrambled in between); returns (reference, resumed) as (history, model) pairs."""
-    frozen.train_run(params, run, tmp / "uninterrupted", "cpu")
+    frozen.train_frozen(params, run, tmp / "uninterrupted", "cpu")
     monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", str(stop_after))
     with pytest.raises(SystemExit):
-        frozen.train_run(params, run, tmp / "resumed", "cpu")
+        frozen.train_frozen(params, run, tmp / "resumed", "cpu")
     assert not (tmp / "resumed/model.pt").exists()
     torch.rand(1000)  # the resumed process's generators are wherever they happen to be
     np.random.rand(1000)
     monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
-    frozen.train_run(params, run, tmp / "resumed", "cpu")
+    frozen.train_frozen(params, run, tmp / "resumed", "cpu")
     return tuple((json.loads((tmp / name / "history.json").read_text()),
                   torch.load(tmp / name / "model.pt", weights_only=False))
                  for name in ("uninterrupted", "resumed"))
@@ -78,17 +79,17 @@ def test_a_killed_run_of_a_random_loss_resumes_to_identical_metrics(setup, monke
     params, run, tmp = setup
     real = frozen.build_criterion
     monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: NoisyCriterion(real(*a, **k)))
-    frozen.train_run(params, run, tmp / "uninterrupted", "cpu")
+    frozen.train_frozen(params, run, tmp / "uninterrupted", "cpu")
     reference = json.loads((tmp / "uninterrupted/history.json").read_text())
 
     monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", "1")
     with pytest.raises(SystemExit):
-        frozen.train_run(params, run, tmp / "resumed", "cpu")
+        frozen.train_frozen(params, run, tmp / "resumed", "cpu")
     assert not (tmp / "resumed/model.pt").exists()
     torch.rand(1000)  # the resumed process's global generators are wherever they happen to be
     np.random.rand(1000)
     monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
-    frozen.train_run(params, run, tmp / "resumed", "cpu")
+    frozen.train_frozen(params, run, tmp / "resumed", "cpu")
     resumed = json.loads((tmp / "resumed/history.json").read_text())
     assert _epochs(resumed) == _epochs(reference)
     assert len(reference["epochs"]) == 3 and all(e["embedding_norm"] > 0 for e in reference["epochs"])
@@ -109,8 +110,8 @@ def test_a_non_finite_loss_stops_the_run_with_epoch_step_and_last_loss(setup, mo
             return self.base.param_groups(lr)
 
     monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: Exploding(real(*a, **k)))
-    with pytest.raises(frozen.Diverged) as info:
-        frozen.train_run(params, run, tmp / "out", "cpu")
+    with pytest.raises(Diverged) as info:
+        frozen.train_frozen(params, run, tmp / "out", "cpu")
     msg = str(info.value)
     assert "diverged at epoch 2, step 3" in msg and "the loss is nan" in msg
     assert "last finite loss" in msg and "no model was written" in msg
@@ -120,11 +121,11 @@ def test_a_non_finite_loss_stops_the_run_with_epoch_step_and_last_loss(setup, mo
 def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
     """metrics.json's val (and, with test scores per epoch, its last and best-on-test epochs) come
     from history.json: only the honest protocol's test split is searched again."""
-    from dmlrepro.evaluation import run as evaluation
+    from dmlrepro.stages import evaluate as evaluation
     from dmlrepro.evaluation.metrics import evaluate_retrieval
 
     params, run, tmp = setup
-    frozen.train_run(params, run, tmp / "out", "cpu", test_every_epoch=True)
+    frozen.train_frozen(params, run, tmp / "out", "cpu", test_every_epoch=True)
     searched = []
     real = evaluation.score_set
     monkeypatch.setattr(evaluation, "score_set", lambda embed, feats, eset, *a: searched.append(eset.name) or
@@ -146,10 +147,10 @@ def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
 
 
 def test_the_last_epoch_is_searched_only_when_asked_for(setup, monkeypatch):
-    from dmlrepro.evaluation import run as evaluation
+    from dmlrepro.stages import evaluate as evaluation
 
     params, run, tmp = setup
-    frozen.train_run(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(params, run, tmp / "out", "cpu")
     searched = []
     real = evaluation.score_set
     monkeypatch.setattr(evaluation, "score_set", lambda embed, feats, eset, *a: searched.append(eset.name) or
@@ -189,12 +190,12 @@ def _multi_set_features(path, layout, per_class=6, dim=16, seed=0):
 def test_every_evaluation_set_is_scored_under_both_protocols(setup, layout):
     """VehicleID: each test list on its own, leave-one-out; In-Shop: queries searched in the gallery
     only. Expected values: independent searches with evaluate_retrieval on the kept weights."""
-    from dmlrepro.evaluation import run as evaluation
+    from dmlrepro.stages import evaluate as evaluation
     from dmlrepro.evaluation.metrics import evaluate_retrieval
 
     params, run, tmp = setup
     arrays = _multi_set_features(run.features.path(params), layout)
-    frozen.train_run(params, run, tmp / "out", "cpu", test_every_epoch=True)
+    frozen.train_frozen(params, run, tmp / "out", "cpu", test_every_epoch=True)
     metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", paper_protocol=True, last_epoch=True)
     model = frozen.load_model(tmp / "out/model.pt")
     history = json.loads((tmp / "out/history.json").read_text())["epochs"]

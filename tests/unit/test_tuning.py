@@ -65,7 +65,7 @@ def test_the_guard_does_catch_a_test_split_read(no_test_split):
     params, _ = no_test_split
     run = resolve_run(params, "glyphs", "contrastive_da", 0, [])
     with pytest.raises((AssertionError, DmlReproError)):
-        frozen.train_run(params, run, Path(params["paths"]["runs"]) / "guard", "cpu", test_every_epoch=True)
+        frozen.train_frozen(params, run, Path(params["paths"]["runs"]) / "guard", "cpu", test_every_epoch=True)
 
 
 @pytest.mark.parametrize("peaks, chosen", [

@@ -4,17 +4,18 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from dmlrepro import config as dml
+from dmlrepro.paths import claims_paths
 from dmlrepro.errors import DmlReproError
 from dmlrepro.study import load_study
 from dmlrepro.study import stages
+from dmlrepro.study.params import validate_params
 from dmlrepro.study.runs import semantic as dml_semantic
 
 
 PARAMS_FILE = workflow.configfiles[-1] if workflow.configfiles else "params.yaml"
 
 try:  # the CLI's validation names the key, the bad value and what is allowed
-    dml.validate_params(config, source=PARAMS_FILE)
+    validate_params(config, source=PARAMS_FILE)
     STUDY = load_study(config)
 except DmlReproError as exc:
     raise WorkflowError(str(exc))
@@ -27,7 +28,7 @@ shell.prefix(f"export DMLREPRO_PARAMS={PARAMS_FILE}; ")
 PATHS = config["paths"]
 RUN = f"{PATHS['runs']}/{{dataset}}/{{backbone}}/{{name}}/seed{{seed}}"
 FEATURES = f"{PATHS['features']}/{{dataset}}/{{features}}.npz"
-CLAIMS = str(dml.claims_paths(config, "_")[0].parent)  # results/claims
+CLAIMS = str(claims_paths(config, "_")[0].parent)  # results/claims
 LOGS = "results/logs"
 BENCHMARKS = "results/benchmarks"
 CAPTION = "../report/caption.rst"

@@ -4,28 +4,14 @@ the count check and the prepare skeleton that writes ``manifest.csv`` and ``info
 Each kind (:mod:`.cub200`, :mod:`.cars196`, :mod:`.sop`, :mod:`.inshop`, :mod:`.vehicleid`) is a
 :class:`Release` (what the publication says) and a ``parse(data_root)`` function that reads the
 official metadata into :class:`Record` s: ``(path relative to the data root, official class id,
-class name, official split, extra columns)``. The official split is ``train`` for the training
-pool and the release's evaluation split(s) otherwise. :func:`register` turns the pair into a
-registered dataset kind whose ``prepare`` (see :func:`prepare_release`):
-
-1. checks the settings (:data:`SETTINGS_SCHEMA`; ``root`` is required), finds the data root and
-   its metadata files (a missing one fails naming the exact path, the kind, where the dataset is
-   published and ``datasets.<name>.root``);
-2. parses the metadata (a line that does not parse fails naming file and line), refuses a class in
-   both the training pool and an evaluation split, two classes with one name, and a class the
-   metadata declares (CUB's ``classes.txt``, Cars196's ``class_names``) with no image;
-3. checks that every listed image exists and that PIL can decode it (JPEGs at 1/8 scale, which
-   still reads the whole file, so a truncated one fails here and not during extraction), in a
-   process pool (``workers``). An unreadable image fails the stage naming
-   the file, unless ``skip_unreadable: true``: then its rows are dropped and the count and the
-   first paths are printed and recorded;
-4. numbers the classes ``0..C-1`` in canonical order -- the training pool by official class id,
-   then the evaluation classes by id -- and carves a class-disjoint ``val`` split out of the
-   training pool (:func:`.splits.carve_validation`, ``val_fraction``, ``seed``);
-5. compares images and classes per official split with the full release; a subset is fine but
-   printed as a warning and recorded;
-6. writes ``manifest.csv`` (absolute image paths: the images stay where the user keeps them; rows
-   sorted by split, label and path) and ``info.json`` into ``out_dir`` atomically.
+class name, official split, extra columns)``; the official split is ``train`` for the training
+pool. :func:`register` turns the pair into a registered dataset kind whose ``prepare``
+(:func:`prepare_release`) checks the settings and finds the data root and its metadata files,
+parses and checks the metadata (classes disjoint between pool and evaluation), decodes every
+listed image in a process pool (:mod:`.parallel`), numbers the classes in canonical order and
+carves a class-disjoint ``val`` split out of the training pool, compares the counts with the full
+release, and writes ``manifest.csv`` (absolute paths) and ``info.json`` atomically. Each check,
+and what it says when it fails: docs/datasets/official.md.
 """
 from __future__ import annotations
 
@@ -42,6 +28,7 @@ from ..errors import DmlReproError
 from ..hashing import sha256_file
 from . import DATASETS
 from .manifest import MANIFEST_NAME, SPLITS, write_manifest
+from .parallel import ordered_map, process_pool, progress_bar
 from .splits import carve_validation
 
 #: The settings every official kind takes (a fragment of params.schema.json).
@@ -208,23 +195,14 @@ def _verify_chunk(paths: Sequence[str]) -> list[tuple[str, str]]:
 
 def check_images(paths: Sequence[str], workers: int, desc: str) -> dict[str, str]:
     """``{path: why}`` of the unreadable images, checked in ``workers`` processes (in chunks)."""
-    from .glyphs import _pool, _progress
-
     n = len(paths)
     chunk = max(64, min(2048, n // (workers * 8) + 1))
     chunks = [paths[i:i + chunk] for i in range(0, n, chunk)]
-    pool = _pool(min(workers, len(chunks))) if n > 2 * chunk else None
     bad: dict[str, str] = {}
-    try:
-        with _progress(n, desc, "img") as bar:
-            results = pool.imap(_verify_chunk, chunks) if pool is not None else map(_verify_chunk, chunks)
-            for part, res in zip(chunks, results):
-                bad.update(res)
-                bar.update(len(part))
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    with process_pool(min(workers, len(chunks)) if n > 2 * chunk else 1) as pool, \
+            progress_bar(n, desc, "img") as bar:
+        for res in ordered_map(pool, _verify_chunk, chunks, bar, weight=len):
+            bad.update(res)
     return bad
 
 

@@ -10,15 +10,10 @@ Rule used by :func:`split_classes`:
 * ``n_train = n // 2`` classes (the first ones in the given order) form the training pool; the
   remaining ``n - n // 2`` are ``test``.
 * ``round(val_fraction * n_train)`` classes of the training pool (at least one when
-  ``val_fraction > 0``, and never the whole pool) become ``val``. They are the pool classes with
-  the smallest ``sha256(f"{seed}:{class}")``: a seeded pseudo-random choice that depends on nothing
-  but the class ids and the seed (not on the numpy/Python version, nor on the input order).
-
-Why pseudo-random and not the last ``val_fraction`` of the pool: class order usually carries
-structure. For CJK ideographs the code point order is the radical order (U+4E00 一 ... U+9FFF), so
-a contiguous block would give a validation set drawn from a handful of radicals, whose difficulty
-says little about the training classes as a whole; a scattered choice spans the radicals of the
-training pool. (The test half is still a contiguous block of later radicals, as in the papers.)
+  ``val_fraction > 0``, and never the whole pool) become ``val``: those with the smallest
+  ``sha256(f"{seed}:{class}")``, a seeded choice that depends on nothing but the class ids and the
+  seed. Scattered rather than a contiguous block, because class order carries structure (CJK code
+  points follow the radicals): docs/datasets/glyphs.md, "Class splits".
 """
 from __future__ import annotations
 

@@ -7,20 +7,10 @@ pool (``train``/``val``); each test list becomes its own manifest split ``test_8
 ``test_1600``, ``test_2400``. An image listed in several test lists (the lists may overlap) gets
 one row per list; the lists may share vehicles, never with the training pool.
 
-Evaluation (implemented by the pipeline's evaluation code, not here): each test list is evaluated
-on its own by leave-one-out retrieval over its images -- every image queries the other images of
-the same list -- and Recall@1,5 is reported per list, as in Roth et al.'s MIC code (ICCV 2019,
-github.com/Confusezius/ICCV2019_MIC, ``evaluate.py``: ``evaluate_multiple_datasets`` runs the
-one-dataset evaluation on each of the three test sets). The VehicleID paper's own protocol
-differs: there, one randomly chosen image per vehicle forms the gallery and the remaining images
-are the queries (repeated over random draws), as re-identification code still does.
-
-Counts: the registered release counts are the paper's (train 110,178 images of 13,134 vehicles;
-test lists 800 / 1,600 / 2,400 vehicles with 7,332 / 12,995 / 20,038 images). The release's README
-says its split files were revised after the paper (vehicles with fake plates relabelled); the
-revised ``train_list.txt`` is reported elsewhere with 113,346 images of 13,164 vehicles and
-``test_list_2400.txt`` with 19,777 images, so a complete copy is reported as differing from the
-counts above rather than matching them.
+Each test list is evaluated on its own, leave-one-out over its images, with Recall@1,5 (as Roth et
+al.'s MIC code does; the paper's own protocol draws one gallery image per vehicle). The registered
+counts are the paper's; the release's revised split files differ from them, so a complete copy is
+reported as differing. Both notes in full: docs/datasets/official.md.
 """
 from __future__ import annotations
 

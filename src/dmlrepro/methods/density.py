@@ -1,78 +1,28 @@
 """DA (reconstructed): a density-adaptivity regulariser for pair- and triplet-based losses.
 
-Source, and why "reconstructed"
--------------------------------
-Li, Yao, Pan, Chao, Mei, "Deep Metric Learning with Density Adaptivity", IEEE Transactions on
-Multimedia 22(5), 2020 (arXiv 1909.03909). Only the abstract could be read: the paper's method
-section, equations and hyper-parameters were not found (searched: documentation, code and web
-corpora; a full-text copy is indexed but only its first page is retrievable, and no
-re-implementation turned up). So this is a reconstruction that does what the abstract says and
-nothing more specific, named "DA (reconstructed)" in every table row, in the MLflow tag
-``method_note`` and in the README, until the published formula is confirmed. The abstract says:
+Li, Yao, Pan, Chao, Mei, "Deep Metric Learning with Density Adaptivity", IEEE TMM 22(5), 2020
+(arXiv 1909.03909). Only the abstract could be read, so this reconstructs what it says, and every
+table, MLflow tag and page names it "DA (reconstructed)". On a batch's unit embeddings
+x_i = z_i / ||z_i||, for every class c of the batch with n_c samples::
 
-* a class whose training examples are embedded too tightly (its *density* is too high) makes the
-  embedding overfit;
-* density is "the measure of data concentration in the representation";
-* it is used as a regulariser, pluggable into contrastive, N-pair and triplet losses, that
-  "adaptively balances inter-class similarity and intra-class variation", trained end to end.
-
-Definition (one batch)
-----------------------
-``x_i = z_i / ||z_i||`` are the unit embeddings retrieval ranks (whatever the base loss feeds on),
-``y_i`` the labels, ``C`` the classes of the batch, ``n_c`` the number of samples of class ``c``::
-
-    mu_c = 1/n_c  sum_{y_i = c} x_i                 centre (the mean, not renormalised)
-    s_c  = 1/n_c  sum_{y_i = c} ||x_i - mu_c||      spread: mean distance to the centre
-    d_c  = min_{c' in C, c' != c} ||mu_c - mu_c'||  separation: distance to the nearest other centre
-    R    = 1/|C*| sum_{c in C*} [eta * d_c - s_c]_+,   C* = {c in C : n_c >= 2}
+    mu_c = 1/n_c  sum_{y_i = c} x_i                 centre
+    s_c  = 1/n_c  sum_{y_i = c} ||x_i - mu_c||      spread (low spread: high density)
+    d_c  = min_{c' != c} ||mu_c - mu_c'||           separation
+    R    = 1/|C*| sum_{c in C*} [eta * d_c - s_c]_+,   C* = {c : n_c >= 2}
     loss = base(z, y) + weight * R
 
-Density is read relative to the neighbourhood: ``rho_c = d_c / s_c`` is how many spreads the
-nearest other class lies away; a class is *too dense* when ``rho_c > 1 / eta``, i.e. when its
-spread is below ``eta`` times its separation, and ``R`` is the mean shortfall ``eta * d_c - s_c``
-over such classes (zero for every class that is spread at least ``eta * d_c``).
-
-Why it balances compactness against separation: the base losses pull positives together and push
-negatives apart, and nothing in them stops a class from collapsing once its triplets or pairs are
-satisfied (contrastive with ``pos_margin = 0`` keeps pulling to a point). ``dR/ds_c = -1/|C*|``
-for a too-dense class, so ``R`` pushes its samples away from their centre until the spread reaches
-``eta * d_c`` and then stops: intra-class variation is kept, but only up to a fraction of the
-distance to the nearest class, so the base loss's separation is not undone. The target is
-*adaptive*: a well-separated class may stay wider, a class close to a neighbour is allowed to be
-tight. With ``detach_separation: false`` the target is not a constant: ``dR/dd_c = +eta/|C*|``
-also pulls the nearest centres together (a literal reading of "balancing inter-class
-similarity"); it works against the base loss, hence not the default.
-
-Parameters (``methods.<m>.regularizer.density``)
------------------------------------------------
-``weight`` (>= 0, default 1.0)
-    ``w``: the regulariser's weight in the total loss; 0 gives the base loss (a separate run).
-``eta`` (> 0, default 0.5)
-    the target ratio of spread to separation: a class counts as too dense while
-    ``s_c < eta * d_c``. For reference, two classes whose samples are uniformly spread over
-    touching balls of radius r have ``s_c ~ r`` and ``d_c ~ 2 r``, i.e. ``s_c / d_c ~ 0.5``.
-``detach_separation`` (bool, default true)
-    treat ``eta * d_c`` as a target (no gradient through the centres' distance); see above.
-
-Edge cases: a class with one sample in the batch has ``s_c = 0`` by definition, which says
-nothing about its density, so it is left out of ``C*`` (its sample still counts as a centre for
-its neighbours' separation). A batch of one class has no separation: ``R = 0``. So does a batch
-where no class has two samples. ``R`` is then a zero that keeps the graph (finite gradients, all
-zero). Distances are ``sqrt(max(q, 1e-12))`` of their squares: a sample on its centre (a
-singleton, coincident points) or coincident centres give a zero gradient, never NaN.
-With an augmenter's ``ref_emb``, ``R`` is computed on the batch's own embeddings only.
-
-Cost: one ``unique`` of the labels, a handful of ``N x D`` operations (per-class sums are one
-``index_add`` each: no loop over classes) and the ``K x K`` Gram matrix of the centres (K =
-classes in the batch); squared distances are expanded (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``) so no
-``N x D`` difference is formed: benchmarks/bench_density.py.
+Why: the base losses let a class collapse once its pairs or triplets are satisfied, which the
+abstract blames for overfitting. R spreads a too-dense class (s_c < eta * d_c) until its spread is
+eta times the distance to its nearest class, and no further, so the base loss's separation stays.
+Arguments (``methods.<m>.regularizer.density``): ``weight``, ``eta`` and ``detach_separation``
+(no gradient through d_c). The abstract's claims, edge cases and cost: docs/methods/da.md.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .pml import REGULARIZERS, CriterionWrapper
+from .criterion import REGULARIZERS, CriterionWrapper
 
 LABEL = "DA (reconstructed)"
 _EPS = 1e-12  # floor under squared distances (and norms): sqrt has an infinite slope at 0

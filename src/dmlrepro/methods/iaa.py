@@ -1,70 +1,23 @@
 """IAA: intra-class adaptive augmentation with neighbor correction (Fu et al., IEEE TMM 2022).
 
-Fu, Mao, Hu, Liu, Zhang, "Intra-class Adaptive Augmentation with Neighbor Correction for Deep
-Metric Learning", DOI 10.1109/TMM.2022.3227414, arXiv 2211.16264; official code
-github.com/darkpromise98/IAA (``intra.py``, ``losses.py``, ``run.py``).
+arXiv 2211.16264; official code github.com/darkpromise98/IAA. An *augmenter*
+(``methods.<m>.augmenter.iaa``) around any base loss of the registry:
 
-An *augmenter* (``methods.<m>.augmenter.iaa``) around any base loss of the registry:
+1. class statistics (Eq. 7-8): every ``update_interval`` epochs, the maximum-likelihood mean mu_k
+   and diagonal variance sigma2_k of the raw embeddings z of each class's training images;
+2. neighbor correction (Eq. 9-13) of a class with n_k <= tau, from its K nearest classes by
+   ||mu_i^2 - mu_k^2||:  Sigma_cr = (1 - a) sigma2_k + a [(1 - g) Sigma_nb + g Sigma_global],
+   a = 1 / (1 + log(1 + beta (n_k - 1))),  Sigma_nb = sum_i w_i sigma2_i / sum_i w_i,
+   w_i = n_i exp(-d_m^2 / (2 s_m^2) - d_cv^2 / (2 s_cv^2));
+3. generation: M = ``copies`` synthetics per original, z_hat ~ N(z_i, lambda Sigma_{y_i});
+4. loss: the B originals are the only anchors, originals + synthetics the candidates (``ref_emb``).
 
-1. **Class statistics** (Eq. 7-8). Every ``update_interval`` epochs the trainer hands over the raw
-   (un-normalised) embeddings z of the whole training set (each image's plain view, or one
-   training-augmented view: ``statistics_views``) and every class k gets a diagonal Gaussian: the
-   maximum-likelihood mean mu_k and variance sigma2_k (divided by n_k), one ``index_add`` per
-   moment (no loop over classes; memory O(C d)).
-   ``samples_per_class: N`` estimates them from N seeded images per class only (Table XI).
-2. **Neighbor correction** for classes with few samples. Neighbours of k: the ``neighbors`` (K)
-   classes with the smallest ||mu_i^2 - mu_k^2|| (element-wise squares), single-sample classes
-   excluded; weights w_i = n_i exp(-d_m^2 / (2 s_m^2) - d_cv^2 / (2 s_cv^2)) with d_m =
-   ||mu_i^2 - mu_k^2|| (the squared means again: Eq. 9 and 13, the code's ``mean_dist_mat``),
-   d_cv = ||sigma2_i - sigma2_k||; Sigma_nb = sum w_i sigma2_i / sum w_i; Sigma_global =
-   sum n_k sigma2_k / sum n_k (classes with n_k >= 2); Sigma_cr = (1 - a) sigma2_k +
-   a [(1 - g) Sigma_nb + g Sigma_global] with a = 1 / (1 + log(1 + beta (n_k - 1))) if n_k <= tau
-   else 0. ``correction: auto`` (default) switches it on where the paper does, on SOP, In-Shop and
-   VehicleID, by the code's rule: more than 1,000 training classes (CUB and Cars196 have 100 and 98).
-   The neighbour search is one blocked Gram matrix (each block pair once, by symmetry) with a
-   running top-K: no loop over classes.
-   Two choices the paper leaves open: s_m = s_cv = 1 only makes sense on distances of a known
-   scale, so each distance is min-max normalised over the class's K neighbours first
-   (``normalize_distances``; the code normalises over the whole row, a row its BIG_NUMBER
-   placeholders dominate); and the weights are normalised in log space (a softmax), which is the
-   formula exactly and cannot underflow to 0/0.
-3. **Generation**: M = ``copies`` samples per original, z_hat ~ N(z_i, lambda Sigma_{y_i})
-   (``sampling: dynamic``; ``fixed`` draws around mu_{y_i}, Table XII). ``covariance: identity``
-   or ``global`` replace Sigma_y by I or by Sigma_global (Table IX). Noise comes from the global
-   torch generator, which the trainer re-seeds every epoch (a killed run resumes exactly).
-4. **Loss**: the B originals are the only anchors; the candidate set is originals + synthetics
-   (PML's ``ref_emb``), every loss normalises both. An anchor's pair with itself is removed from
-   the mined (or all) pairs/triplets. Proxy losses (no ``ref_emb`` in PML: their anchors are the
-   proxies) get the synthetics as extra samples; N-pair, whose pairs are batch positions, is refused.
-   Synthetics carry gradient to the head through z_i; the statistics are buffers, never differentiated.
-
-Paper versus released code (``variant: paper | code``; each difference is also its own switch)
---------------------------------------------------------------------------------------------
-==================  ==============================  ===========================================
-switch              paper (default)                 code (``variant: code``)
-==================  ==============================  ===========================================
-statistics          ``reestimate`` each update      ``momentum``: ISDA-style merge,
-                                                    w = max(n / (n + seen), 1 - momentum),
-                                                    Sigma <- (1-w) Sigma + w s2 + w(1-w)(mu - m)^2
-update_interval     4 epochs                        2 epochs
-start               0 (from the first epoch)        0.3 of the epochs (epoch 31 of 100): no
-                                                    synthesis before
-correction          ``auto`` (see above)            false: ``distribution_calibration`` is
-                                                    never called
-cumulative_sqrt     false: every copy uses          true: copy m uses Sigma^(1 / 2^m)
-                    sqrt(Sigma)
-exclude_own_copies  false: an anchor's own          true: the positive mask drops them
-                    synthetics are positives
-lambda_decay        false                           true: lambda x 1 / 0.9 / 0.75 / 0.6 after
-                                                    40 / 60 / 80 % of the epochs
-statistics_views    ``plain``: each image's         ``augmented``: one training view per image
-                    evaluation view (the paper      (``run.py``'s ``loader_train_eval`` applies
-                    names no view)                  the training transform)
-==================  ==============================  ===========================================
-
-The code's other differences are outside this module: a random seed and the best epoch chosen on
-test (the papers' protocol, ``protocols: [honest, paper]`` in a declaration) and no Triplet+IAA
-(the paper's Triplet, Eq. 19, is the ``triplet`` loss with the ``hardest_negative`` miner).
+Why: synthetics drawn from a class's own spread cover more of its intra-class variation than
+class-independent interpolations, and give harder, plausible pairs to mine; a class with few
+samples borrows its neighbours' spread, as similar classes vary alike. ``variant: paper | code``
+reproduces the paper or the released code, each difference also a switch of its own.
+The details, the two choices the paper leaves open and the paper-versus-code table:
+docs/methods/iaa.md.
 """
 from __future__ import annotations
 
@@ -76,7 +29,8 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..errors import DmlReproError
-from .pml import AUGMENTERS, CriterionWrapper, resolve_variant, variant_switch
+from .arguments import resolve_variant, variant_switch
+from .criterion import AUGMENTERS, CriterionWrapper
 
 LABEL = "IAA"
 

@@ -1,93 +1,21 @@
 """SGAR: Proxy-Anchor with graded synthesis of positives and an intra-class ranking (Liu et al., EAAI 2024).
 
-Liu, Liu, Lang, Zhou, Li, Liu, "Deep Metric Learning Assisted by Intra-variance in a
-Semi-supervised View of Learning", Engineering Applications of Artificial Intelligence 131 (2024)
-107885, arXiv 2304.10941; official code github.com/Liuzt1999/SCAR (``losses.py``: ``Proxy_Anchor``
-with ``get_gen_loss3``; ``train.py``). An *augmenter* (``methods.<m>.augmenter.sgar``) around the
-``proxy_anchor`` loss only (it needs the proxies P_c; any other base is refused).
+arXiv 2304.10941; official code github.com/Liuzt1999/SCAR. An *augmenter*
+(``methods.<m>.augmenter.sgar``) around the ``proxy_anchor`` loss only (it needs the proxies P_c).
+With x = z / ||z||, a projector q(v) = ReLU(L2norm(W v + b)) that only the loss sees, and
+S_c = {i : y_i = c, <P_c, x_i> >= tau} (a gate without gradient)::
 
-Notation: z = the head's raw output, x = z / ||z|| (what retrieval ranks), P_c = the Proxy-Anchor
-proxy of class c (raw, not normalised), B = batch, N = synthetics per sample, d = embedding size.
+    r_i^j     = x_i + j * alpha * u_j,  j = 1..N                 synthetics of graded intensity
+    L_rank(i) = (1/s) log(1 + sum_{j<k} exp(s (c_k - c_j + delta))),  c_j = <q(r_i^j), q(x_i)>
+    L_sp(c)   = log(1 + sum_{i in S_c} sum_j exp(a (m - <q(r_i^j), q(P_c)>)))
+    L         = L_PA(x) + lambda sum_{c: S_c non-empty} [rho_m L_sp(c) + rho_g mean_{i in S_c} L_rank(i)]
 
-1. **Projector** q(v) = ReLU(L2norm(W v + b)), W (d' x d, d' = ``projector_dim``, default d)
-   orthogonal at initialisation, b = 0. It lives in the criterion, not in the head: the trainer
-   evaluates ``head(features)`` = x, so q never reaches retrieval (model.pt holds only the head).
-2. **Gate**: S_c = {i : y_i = c and <P_c, x_i> >= tau} (tau 0.05; ``tau: null`` synthesises every
-   sample). The gate is a mask: no gradient flows through it.
-3. **Synthesis with intensities**: r_i^j = x_i + j * alpha * u_j, j = 1..N, for every i in some S_c.
-4. **Intra-class ranking** (weaker synthesis stays closer), c_j = <q(r_i^j), q(x_i)>:
-   L_rank(i) = (1/s) log(1 + sum_{j<k} exp(s (c_k - c_j + delta))), s = ``scale`` 32, delta 0.11.
-5. **Synthetic-to-proxy**: L_sp(c) = log(1 + sum_{i in S_c} sum_j exp(a (m - <q(r_i^j), q(P_c)>))),
-   a = ``sp_alpha`` (null: the base's Proxy-Anchor alpha, the code's shared ``self.alpha``) and
-   m = ``sp_margin`` (a switch: ``base``, the base's Proxy-Anchor margin, or the code's ``mrg``
-   0.1, which its Proxy-Anchor shares but ours is tuned on validation). The sum runs over every
-   synthetic of every gated sample of the class: the paper's formula read without the code's reset
-   (see ``sp_last_sample_only``).
-6. **Total**: L = L_PA(x) + lambda * sum_{c : S_c non-empty} [rho_m L_sp(c) + rho_g mean_{i in S_c}
-   L_rank(i)], lambda = ``lam`` 0.23, rho_m = rho_g = 0.9 (``train.py``'s ``ratio_m``, ``ratio_gen``).
-
-Learning rates: the proxies keep the base's ``loss_lr_multiplier`` (100 for Proxy-Anchor); W, b and
-the learned direction bank (code variant) get ``projector_lr_multiplier`` x the head's lr, their
-own optimizer group (``param_groups``). Warm-up: the authors train only the embedding layer and
-the loss parameters for one epoch before unfreezing the backbone. In this frozen regime there is
-no backbone: the head and the loss parameters are the whole model, so the warm-up is a no-op here
-(the fine-tuning regime is where it would apply).
-
-Vectorised: the gated samples form one (S, N, d') block; per-class means and the per-class
-log-sum-exp are ``index_add`` / ``scatter_reduce`` over the class slots (no loop per sample or per
-class). By linearity W r_i^j + b = (W x_i + b) + W o_j, so the projector multiplies only the S
-gated rows, the gated classes' proxies (one product for both) and the K x N offsets (K = 1 for
-shared random directions, the gated classes for the code's per-class shuffle), not S x N rows; and
-<q(r), v> = <ReLU(h), v> / ||h|| with h = W r + b, so q(r) is never formed. Cost:
-benchmarks/bench_sgar.py (benchmarks/results/sgar.json). Random draws (directions, shuffles) come
-from the global torch generator, which the trainer re-seeds from (seed, epoch) every epoch, so a
-killed run resumes exactly.
-
-Paper versus released code (``variant: paper | code``; each difference is also its own switch)
---------------------------------------------------------------------------------------------
-=========================  ==================================  ====================================
-switch                     paper (default)                     code (``variant: code``)
-=========================  ==================================  ====================================
-directions                 ``random``: N fresh unit Gaussian   ``learned``: a bank D (N x d), a
-                           directions each step, shared by     parameter (Kaiming init), rows
-                           every gated sample (u_j, indexed    L2-normalised and shuffled for each
-                           by j only, as in the formula);      class at each step (``np.random.
-                           ``random_per_sample``: fresh for    shuffle`` in ``get_gen_loss3``)
-                           each sample
-normalize_offsets          false: ||r^j - x|| = j alpha        true: j alpha u_j re-normalised to
-                                                               unit length: the intensity j is
-                                                               erased (all offsets have norm 1)
-metric_on_projection       false: Proxy-Anchor on x            true: Proxy-Anchor on q(x)
-                                                               (``cos = F.linear(l2_norm(X_fc),
-                                                               l2_norm(P))``)
-double_ranking             false                               true: the "left" and "right" sums
-                                                               run over the same pairs j < k, so
-                                                               L_rank is counted twice
-sp_last_sample_only        false: L_sp(c) over every gated     true: ``metric_loss = list()`` is
-                           sample of c                         reset inside the per-sample loop:
-                                                               only the last (in batch order)
-                                                               gated sample of c counts
-repeated_proxy_projection  false: q(P_c)                       true: ``P = fc(P)`` inside the same
-                                                               loop re-projects the projected
-                                                               proxy: the last sample sees
-                                                               q^{|S_c|}(P_c) (found in the code;
-                                                               not in PAPERS.md's list)
-projector_lr_multiplier    1: W, b at the head's lr (the       100: ``criterion.parameters()``
-                           paper gives W no rate of its own)   (proxies, D, W, b) at 100x
-sp_margin                  ``base``: the base Proxy-Anchor's   0.1: ``train.py``'s ``--mrg``
-                           margin (the paper's m)              default
-clip_by_value              false: the trainer's clipping       true: every gradient value of the
-                           (``finetune.grad_clip``, a global   network and the loss's parameters
-                           norm; none when frozen)             clipped at +-``clip_value`` 10
-                                                               (``clip_grad_value_``), no norm
-=========================  ==================================  ====================================
-
-Unchanged between the variants: the gate (``cos_px = F.linear(P, X) >= gen_mrg``, raw proxies,
-unit x), tau 0.05, N 5, alpha (``r``) 1.0, s 32, delta 0.11, lambda 0.23, rho_m = rho_g = 0.9.
-The code's other differences are outside this module: AdamW (lr 1e-4, weight decay 1e-4), StepLR,
-random (not m-per-class) batches of 150, one seed and the best epoch chosen on test (the papers'
-protocol: ``protocols: [honest, paper]`` in a declaration). ``clip_by_value`` acts through
-:meth:`clip_gradients`, which the trainers call after every backward pass.
+Why: pulling every positive onto its proxy erases the intra-class variance that generalises to
+unseen classes; the ranking keeps a weaker synthesis closer than a stronger one, so the embedding
+keeps an ordered intra-class structure, and L_sp keeps the synthetics of a class near its proxy.
+``variant: paper | code`` reproduces the paper or the released code, each difference also a
+switch of its own (``clip_by_value`` acts through :meth:`clip_gradients`). Notation, learning
+rates, vectorisation, cost and the paper-versus-code table: docs/methods/sgar.md.
 """
 from __future__ import annotations
 
@@ -98,7 +26,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
 from ..errors import DmlReproError
-from .pml import AUGMENTERS, CriterionWrapper, resolve_variant, variant_switch
+from .arguments import resolve_variant, variant_switch
+from .criterion import AUGMENTERS, CriterionWrapper
 
 LABEL = "SGAR"
 _EPS = 1e-12  # F.normalize's floor under a norm

@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 
 from .. import atomic
-from ..config import claims_paths
+from ..paths import claims_paths
 from ..errors import DmlReproError
 from ..study.claims import Claim
 from ..study.declarations import Study, Table

@@ -9,7 +9,7 @@ import numbers
 from pathlib import Path
 
 from .. import atomic
-from ..config import figure_paths
+from ..paths import figure_paths
 from ..study.declarations import Sweep
 from .stats import mean_ci
 from .cells import metric_value

@@ -2,7 +2,7 @@
 
 DVC 3 identifies a cached file by the md5 of its bytes (``hash: md5`` in dvc.lock; no line-ending
 normalisation, unlike DVC 2's text files), so the hash can be computed the moment `dmlrepro train`
-writes model.pt, before DVC has seen the file. :class:`~.tracking.TrainingTracker` tags every
+writes model.pt, before DVC has seen the file. :class:`~.training_record.TrainingTracker` tags every
 finished training run with :func:`model_tags`: ``model_md5`` (as dvc.lock will record it) and
 ``model_path``. A cell of a table names its run (the ``run`` column of the .csv); the run's MLflow
 training run carries ``git_commit`` and ``model_md5``, and ``git log -S <model_md5> -- dvc.lock``

@@ -1,14 +1,18 @@
-"""Access to the MLflow tracking store: the file lock of a sqlite store, bounded waits and clear
-faults.
+"""Access to the MLflow tracking store: creating or checking it, the file lock of a sqlite store,
+bounded waits and clear faults, and where its experiments keep their artifacts.
 
-With a sqlite store every write happens under one file lock, ``<db>.lock``. Its holder writes
-``pid <pid> on <host>: <command>`` into it, so a job that waits can say whom it waits for. The wait
-is bounded by ``mlflow.lock_wait_seconds`` of params.yaml (default 300): every 10 s the job prints
-whom it waits for, and at the bound it fails with a message naming the holder and what to do.
-sqlite's own write lock, which another sqlite client (the MLflow UI, a script) may hold, is retried
-with back-off within the same bound ("database is locked"). A store that is not a sqlite database
-(corrupt, truncated, another file) is named with how to move it aside, and a store whose folder
-cannot be created names params.yaml's ``mlflow.tracking_uri``.
+A sqlite store (``sqlite:///...``) is created once by `dmlrepro mlflow-init` (:func:`init_store`)
+before parallel jobs start, and every write then happens under one file lock, ``<db>.lock``, held
+for a short batch of writes: parallel jobs on one machine never create the schema concurrently
+(which corrupts it) nor contend for sqlite's write lock. The lock's holder writes ``pid <pid> on
+<host>: <command>`` into it, so a job that waits can say whom it waits for; the wait is bounded by
+``mlflow.lock_wait_seconds`` of params.yaml (default 300). sqlite's own write lock (the MLflow UI, a
+script) is retried with back-off within the same bound. A corrupt store is named with how to move it
+aside; a store whose folder cannot be created names params.yaml's ``mlflow.tracking_uri``.
+
+A tracking server (``http://``, ``https://``: jobs spread over a cluster's nodes) serialises writes
+itself: no lock is taken, and `mlflow-init` only checks that it answers (:func:`check_server`).
+Design notes: docs/mlflow.md.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from typing import Iterator
 
 from ..errors import DmlReproError
 
+DEFAULT_ARTIFACT_ROOT = "mlartifacts"  # beside the sqlite file, where `mlflow server` keeps its own
 DEFAULT_LOCK_WAIT = 300.0  # seconds; params.yaml's mlflow.lock_wait_seconds
 REPORT_EVERY = 10.0  # seconds between "still waiting" lines
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -38,6 +43,10 @@ class StoreError(DmlReproError):
 
 def sqlite_file(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def lock_wait(params: dict | None) -> float:
@@ -219,3 +228,61 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating and checking the store
+
+
+def init_store(uri: str, wait: float | None = None) -> None:
+    """Create the tracking store once (schema migrations), before parallel jobs start; for a
+    tracking server, check that it answers (its own store is the server's business)."""
+    if is_server(uri):
+        check_server(uri)
+        return
+    with store_lock(uri, wait):
+        RetryingClient(uri, wait).search_experiments(max_results=1)
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Raise DmlReproError, naming `uri`, unless an MLflow tracking server answers there: its
+    /health at once, then its API (which MLflow's client retries for minutes when nobody answers)."""
+    import urllib.error
+    import urllib.request
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    health = f"{uri.rstrip('/')}/health"
+    fix = ("start it (workflow/scripts/mlflow_server.sh) on a host that every node reaches, or correct "
+           "params.yaml's mlflow.tracking_uri")
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):  # behind authentication it answers; the client has the credentials
+            raise DmlReproError(f"the MLflow tracking server {uri} does not answer: {health} "
+                                f"returned HTTP {exc.code}; {fix}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DmlReproError(f"the MLflow tracking server {uri} does not answer ({health}: "
+                            f"{getattr(exc, 'reason', exc)}); {fix}") from None
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        raise DmlReproError(f"the MLflow tracking server {uri} answers, but its API fails: {exc}") from None
+
+
+def artifact_root(params: dict) -> str | None:
+    """Where experiments created here keep their artifacts (a URI), or None for the server's default:
+    params.yaml's mlflow.artifact_root, a path taken from the sqlite file's folder (default
+    mlartifacts); with a server only a URI (s3://...) counts, a path means nothing to it."""
+    cfg = params["mlflow"]
+    root = cfg.get("artifact_root")
+    if root and "://" in str(root):
+        return str(root)
+    if is_server(cfg["tracking_uri"]):  # a path here means nothing to the server: its default
+        return None
+    db = sqlite_file(cfg["tracking_uri"])
+    if db is None:
+        return Path(root).resolve().as_uri() if root else None
+    return (db.resolve().parent / (root or DEFAULT_ARTIFACT_ROOT)).as_uri()

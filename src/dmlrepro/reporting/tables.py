@@ -9,7 +9,7 @@ from html import escape
 from pathlib import Path
 
 from .. import atomic
-from ..config import table_paths
+from ..paths import table_paths
 from ..study.declarations import PROTOCOLS, Table
 from .cells import column_header, metric_value
 from .claims import claims_html, claims_markdown, table_results

@@ -309,14 +309,15 @@ def _layers(decl: dict, paper: str, entry: Mapping[str, Any], where: str, datase
 
 
 def _check_run(params: Mapping[str, Any], run: Run, where: str) -> None:
-    from ..config import section_problems
+    from .params import section_problems
 
     problems = section_problems(run.config)
     ks = run.config["evaluation"]["ks"]
-    selection = run.config["train"].get("selection_metric", "recall@1")
-    m = re.fullmatch(r"recall@(\d+)", selection)
-    if m and int(m.group(1)) not in ks:
-        problems.append(f"train.selection_metric {selection} needs {m.group(1)} in evaluation.ks {ks}")
+    if not problems and run.settings.train is not None:  # settings are built from a valid configuration
+        selection = run.settings.train.selection_metric
+        m = re.fullmatch(r"recall@(\d+)", selection)
+        if m and int(m.group(1)) not in ks:
+            problems.append(f"train.selection_metric {selection} needs {m.group(1)} in evaluation.ks {ks}")
     if problems:
         raise DmlReproError(f"{where} resolves to an invalid run configuration:\n" +
                             "\n".join(f"    - {p}" for p in problems))

@@ -33,10 +33,12 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
 from ..errors import DmlReproError
+from .settings import RunSettings, run_settings
 
 #: Sections of a run configuration that declarations may override with dotted keys.
 OVERRIDABLE = ("backbone", "regime", "extract", "finetune", "method", "train", "evaluation")
@@ -182,7 +184,7 @@ def _with_wrapper_defaults(method_cfg: dict, method: str) -> dict:
     """The method with every argument of its augmenters / regularisers (IAA, SGAR, DA) filled in
     from their schemas: writing a default out in params.yaml (so that `dvc exp run -S` reaches it)
     names the same run as leaving it out."""
-    from ..methods.pml import WRAPPER_KEYS, wrapper_args
+    from ..methods import WRAPPER_KEYS, wrapper_args
 
     for key, registry in WRAPPER_KEYS.items():
         if isinstance(method_cfg.get(key), Mapping):
@@ -276,6 +278,11 @@ class Run:
 
     def dir(self, params: Mapping[str, Any]) -> Path:
         return Path(params["paths"]["runs"]) / self.id
+
+    @cached_property
+    def settings(self) -> RunSettings:
+        """The typed settings training and evaluation read (defaults filled from the schema)."""
+        return run_settings(self.config, trains=self.config["method"].get("loss") not in TRAINING_FREE_LOSSES)
 
 
 #: (where, overrides[, naming]): `naming` is what the folder name hashes (default: the overrides)

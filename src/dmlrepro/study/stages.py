@@ -7,39 +7,50 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from ..config import claims_paths, dataset_dir, figure_paths, table_paths
+from ..errors import DmlReproError
+from ..paths import claims_paths, dataset_dir, figure_paths, table_paths
 from .declarations import Study, Sweep, Table
+from .imports import import_graph
 from .runs import FeatureSet, Run
 
 PACKAGE = Path("src/dmlrepro")
+#: The pipeline's stages; each is run by `dmlrepro <stage>`, which calls its module dmlrepro.stages.<stage>.
+STAGES = ("prepare", "extract", "train", "evaluate", "table", "figure", "claims")
+#: The command itself, a file of every stage: its own imports are not followed (its functions parse
+#: arguments, validate the study and call the stage's module, which does the work).
+COMMAND = "cli.py"
 
-#: Package modules (relative to src/dmlrepro) whose code each stage's command runs.
-#: Every command loads params.yaml and the study (whose checks read the method registries).
-_COMMON = ["cli.py", "config.py", "atomic.py", "errors.py", "registry.py", "schemas.py", "study", "methods"]
-STAGE_MODULES = {
-    "prepare": [*_COMMON, "data"],
-    "extract": [*_COMMON, "backbones", "data/__init__.py", "data/manifest.py"],
-    "train": [*_COMMON, "training", "evaluation", "backbones"],
-    "evaluate": [*_COMMON, "evaluation", "training", "backbones"],
-    "table": [*_COMMON, "reporting/tables.py", "reporting/cells.py", "reporting/claims.py", "reporting/stats.py",
-              "reporting/tracking.py"],
-    "figure": [*_COMMON, "reporting/figures.py", "reporting/cells.py", "reporting/claims.py", "reporting/tables.py",
-               "reporting/stats.py", "reporting/tracking.py"],
-    "claims": [*_COMMON, "reporting/claims.py", "reporting/cells.py", "reporting/tables.py", "reporting/stats.py",
-               "reporting/tracking.py"],
-}
+
+def stage_entry(stage: str) -> str:
+    """The module that runs `stage`."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return f"{PACKAGE.name}.stages.{stage}"
+
+
+#: The params schema (src/dmlrepro/schema/ links to it): its `default`s are settings (study.settings).
+SCHEMA = Path("workflow/schemas/params.schema.json")
 
 
 def stage_modules(stage: str, root: Path = Path(".")) -> list[str]:
-    """The .py files of a stage's modules, sorted, as paths relative to the repository root."""
-    files = []
-    for entry in STAGE_MODULES[stage]:
-        path = PACKAGE / entry
-        if (root / path).is_dir():
-            files += [str(p.relative_to(root)) for p in sorted((root / path).glob("*.py"))]
-        else:
-            files.append(str(path))
-    return sorted(set(files))
+    """The package files a stage's command runs, sorted, as paths relative to the repository root:
+    cli.py, plus the import closure of the stage's module (every import it and they make, at any
+    depth, with the __init__.py of each package on the way; :mod:`.imports`), and the params schema
+    when the settings its defaults fill are read. Computed from the
+    code in `root` (from the installed package when `root` has no src/dmlrepro), so the lists
+    cannot drift from the imports."""
+    package_dir = root / PACKAGE
+    if not package_dir.is_dir():
+        package_dir = Path(__file__).resolve().parents[1]
+    graph = import_graph(package_dir)
+    entry = stage_entry(stage)
+    if entry not in graph.modules:
+        raise DmlReproError(f"stage {stage!r}: its module {entry} is missing from {package_dir}")
+    closure = graph.closure(entry)
+    files = {PACKAGE / COMMAND} | {PACKAGE.parent / f for f in graph.files(closure)}
+    if "dmlrepro.study.settings" in closure:  # the schema's defaults fill the settings a run leaves out
+        files.add(SCHEMA)
+    return sorted(str(f) for f in files)
 
 
 def features_inputs(params: Mapping, features: FeatureSet) -> list[str]:

@@ -16,17 +16,12 @@ declarations' `real_settings`):
   `Criterion.clip_gradients`); `amp`: mixed precision (bfloat16-free float16 autocast with a
   gradient scaler) on CUDA, ignored on CPU.
 
-Selection, checkpoints, resume, the live MLflow record and model.pt work as in the frozen regime
-(:mod:`.frozen`): the honest protocol keeps the epoch with the best validation score, the papers'
-protocol each evaluation set's best epoch; a checkpoint after every epoch holds the network, the
-optimizer, the scheduler, the gradient scaler and the selection, and the global generators are
-re-seeded from (seed, epoch), so a killed run resumes to the same result. Under `torchrun` the
-global batch is split over the processes (:mod:`.distributed`); rank 0 alone evaluates and writes.
+Selection, checkpoints (which also hold the gradient scaler), resume and the MLflow record are the
+shared loop's (:mod:`.loop`). Under `torchrun` the global batch is split over the processes
+(:mod:`.distributed`); rank 0 alone evaluates and writes.
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -34,19 +29,19 @@ import numpy as np
 import torch
 
 from ..backbones import create_backbone, freeze_batchnorm
-from ..config import dataset_dir
 from ..errors import DmlReproError
 from ..evaluation.metrics import evaluate_retrieval
 from ..evaluation.sets import evaluation_sets, score_set
 from ..methods import build_criterion
+from ..paths import checkpoint_path, dataset_dir
 from ..study.runs import Run
+from ..study.settings import RunSettings
+from ..threads import set_threads
 from . import distributed
-from .frozen import (CHECKPOINT_VERSION, _diverged, _finish, _save_checkpoint, checkpoint_path, optimizer_and_schedule,
-                     resume, seed_epoch, seed_everything, set_threads)
 from .heads import EmbeddingHead
+from .loop import optimizer_and_schedule, seed_everything, train_loop
 from .images import (EvaluationViews, ManifestImages, SeededBatches, TrainingViews, ViewSettings, loader)
 from .sampler import batch_sampler
-from .selection import Selection
 
 
 #: the step index of the views class statistics are taken on (``train_embeddings(augmented=True)``):
@@ -120,158 +115,135 @@ def split_arrays(images: ManifestImages, splits) -> dict:
     return out
 
 
-def check_settings(cfg: dict, procs: distributed.Processes) -> None:
-    tcfg, fcfg = cfg["train"], cfg["finetune"]
-    if procs.distributed and tcfg["batch_size"] % (procs.world_size * tcfg["m_per_class"]):
+def check_settings(settings: RunSettings, procs: distributed.Processes) -> None:
+    train, finetune = settings.train, settings.finetune
+    if procs.distributed and train.batch_size % (procs.world_size * train.m_per_class):
         raise DmlReproError(
-            f"train.batch_size {tcfg['batch_size']} must be a multiple of {procs.world_size} processes x "
-            f"train.m_per_class {tcfg['m_per_class']}, so that each process gets whole classes")
-    if fcfg["resize"] < fcfg["input_size"]:
-        raise DmlReproError(f"finetune.resize ({fcfg['resize']}) must be at least finetune.input_size "
-                            f"({fcfg['input_size']}): evaluation crops the centre input_size of the resized image")
+            f"train.batch_size {train.batch_size} must be a multiple of {procs.world_size} processes x "
+            f"train.m_per_class {train.m_per_class}, so that each process gets whole classes")
+    if finetune.resize < finetune.input_size:
+        raise DmlReproError(f"finetune.resize ({finetune.resize}) must be at least finetune.input_size "
+                            f"({finetune.input_size}): evaluation crops the centre input_size of the resized image")
 
 
-def train_finetune_run(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False,
-                       tracker=None, procs: distributed.Processes | None = None) -> dict:
-    """Fine-tune one run; write model.pt and history.json into out_dir (rank 0)."""
-    procs = procs or distributed.from_environment()
-    cfg, cfg_hash, seed = run.config, run.hash, run.seed
-    tcfg, fcfg = cfg["train"], cfg["finetune"]
-    check_settings(cfg, procs)
-    device = distributed.start(procs, device)
-    set_threads(tcfg.get("threads", 1))
-    cuda = torch.device(device).type == "cuda"
-    amp = bool(fcfg.get("amp", True)) and cuda
-    workers = int(fcfg.get("workers", 0))
-    images = ManifestImages(dataset_dir(params, run.dataset))
-    views = ViewSettings.of(fcfg)
-    test_sets = evaluation_sets(images.splits, str(images.manifest)) if test_every_epoch else []
-    arrays = split_arrays(images, ["val", *(s for t in test_sets for s in t.splits)])
-    ks = cfg["evaluation"]["ks"]
-    eval_batch = int(fcfg.get("eval_batch_size", 128))
+class FinetuneRegime:
+    """Backbone and head trained end to end from decoded images (and, under torchrun, over processes)."""
 
-    def embed(rows, normalize=True, seeds=None):
-        return embed_rows(net, images, views, rows, device, eval_batch, workers, amp, normalize, seeds)
+    def __init__(self, params: dict, run: Run, device: str, test_every_epoch: bool, procs: distributed.Processes):
+        cfg, train, finetune = run.config, run.settings.train, run.settings.finetune
+        self.run_id, self.config, self.config_hash, self.seed = run.id, cfg, run.hash, run.seed
+        self.train, self.procs, self.is_main, self.device = train, procs, procs.is_main, device
+        self.finetune = finetune
+        cuda = torch.device(device).type == "cuda"
+        self.amp = finetune.amp and cuda
+        self.images = ManifestImages(dataset_dir(params, run.dataset))
+        self.views = ViewSettings.of(finetune)
+        self.test_sets = evaluation_sets(self.images.splits, str(self.images.manifest)) if test_every_epoch else []
+        self.arrays = split_arrays(self.images, ["val", *(s for t in self.test_sets for s in t.splits)])
+        self.ks = run.settings.evaluation.ks
 
-    def scores() -> dict:
-        scored = {"val": evaluate_retrieval(embed(arrays["val_features"]), arrays["val_labels"], ks=ks,
-                                            compute_nmi=False)}
-        for eset in test_sets:
-            scored[eset.name] = score_set(embed, arrays, eset, ks)
+        self.train_rows = self.images.rows("train")
+        classes, self.train_targets = np.unique(self.images.labels[self.train_rows], return_inverse=True)
+        seed_everything(run.seed)
+        self.net = build_network(cfg).to(device)
+        set_training(self.net, finetune.frozen_bn)  # frozen BN parameters stay out of the optimizer and DDP
+        self.criterion = build_criterion({k: v for k, v in cfg["method"].items() if k != "name"},
+                                         num_classes=len(classes), embedding_dim=train.embedding_dim,
+                                         name=run.method).to(device)
+        lr = train.lr
+        groups = [{"params": self.net.head.parameters(), "lr": lr, "name": "head"},
+                  {"params": [p for p in self.net.backbone.parameters() if p.requires_grad],
+                   "lr": lr * finetune.backbone_lr_multiplier, "name": "backbone"},
+                  *self.criterion.param_groups(lr)]
+        self.optimizer, self.scheduler = optimizer_and_schedule(groups, train)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        sampler = batch_sampler(self.train_targets, train, run.seed)
+        self.seeded_batches = SeededBatches(sampler, self.train_rows, run.seed, procs.rank, procs.world_size)
+        self.targets = np.zeros(len(self.images.labels), dtype=np.int64)
+        self.targets[self.train_rows] = self.train_targets
+        self.loader = loader(TrainingViews(self.images, self.views), batch_sampler=self.seeded_batches,
+                             workers=finetune.workers, pin=cuda)
+        self.model = self.net
+        if procs.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[device] if cuda else None, broadcast_buffers=False,
+                find_unused_parameters=finetune.warmup_epochs > 0)  # warm-up epochs leave the backbone out
+        self.loader_wait = 0.0
+
+    def checkpointed(self) -> dict:
+        return {"network": self.net, "criterion": self.criterion, "optimizer": self.optimizer,
+                "scheduler": self.scheduler, "scaler": self.scaler}
+
+    def embed(self, rows, normalize: bool = True, seeds=None) -> np.ndarray:
+        return embed_rows(self.net, self.images, self.views, rows, self.device, self.finetune.eval_batch_size,
+                          self.finetune.workers, self.amp, normalize, seeds)
+
+    def start_epoch(self, epoch: int) -> None:
+        set_training(self.net, self.finetune.frozen_bn)
+        self.seeded_batches.set_epoch(epoch)
+
+    def batches(self, epoch: int):
+        warm = epoch <= self.finetune.warmup_epochs
+        self.loader_wait, t_step = 0.0, time.time()
+        for pixels, items in zip(self.loader, self.seeded_batches):
+            self.loader_wait += time.time() - t_step
+            y = torch.from_numpy(self.targets[[row for row, _ in items]]).to(self.device)
+            with _autocast(self.device, self.amp):
+                z = self.model(pixels.to(self.device, non_blocking=True), normalize=False, backbone_grad=not warm)
+            yield distributed.gather_batch(z.float(), y, self.procs)
+            t_step = time.time()
+
+    def train_embeddings(self, epoch: int, augmented: bool = False):
+        """Raw z of every training image: its evaluation view, or (augmented) one training view
+        seeded by (seed, epoch)."""
+        seeds = ([(self.seed, epoch, STATISTICS_STEP, i) for i in range(len(self.train_rows))] if augmented
+                 else None)
+        z = torch.from_numpy(self.embed(self.train_rows, normalize=False, seeds=seeds)).to(self.device)
+        set_training(self.net, self.finetune.frozen_bn)
+        return z, torch.from_numpy(self.train_targets).long().to(self.device)
+
+    def apply_gradients(self, loss: torch.Tensor, parameters: list) -> None:
+        # DDP averages: x world size = the global batch's gradient
+        self.scaler.scale(loss * self.procs.world_size).backward()
+        distributed.unscale_loss_parameters(self.criterion, self.procs)
+        self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients (a no-op without AMP)
+        self.criterion.clip_gradients(parameters, self.finetune.grad_clip)  # the norm, or the method's rule
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def scores(self) -> dict:
+        scored = {"val": evaluate_retrieval(self.embed(self.arrays["val_features"]), self.arrays["val_labels"],
+                                            ks=self.ks, compute_nmi=False)}
+        for eset in self.test_sets:
+            scored[eset.name] = score_set(self.embed, self.arrays, eset, self.ks)
         return scored
 
-    train_rows = images.rows("train")
-    classes, train_targets = np.unique(images.labels[train_rows], return_inverse=True)
-    seed_everything(seed)
-    net = build_network(cfg).to(device)
-    set_training(net, fcfg.get("frozen_bn", True))  # frozen BN parameters stay out of the optimizer and DDP
-    criterion = build_criterion({k: v for k, v in cfg["method"].items() if k != "name"}, num_classes=len(classes),
-                                embedding_dim=tcfg["embedding_dim"], name=run.method).to(device)
-    lr = tcfg["lr"]
-    groups = [{"params": net.head.parameters(), "lr": lr, "name": "head"},
-              {"params": [p for p in net.backbone.parameters() if p.requires_grad],
-               "lr": lr * fcfg.get("backbone_lr_multiplier", 1.0), "name": "backbone"},
-              *criterion.param_groups(lr)]
-    optimizer, scheduler = optimizer_and_schedule(groups, tcfg)
-    parameters = [p for g in optimizer.param_groups for p in g["params"]]
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    sampler = batch_sampler(train_targets, tcfg, seed)
-    batches = SeededBatches(sampler, train_rows, seed, procs.rank, procs.world_size)
-    targets = np.zeros(len(images.labels), dtype=np.int64)
-    targets[train_rows] = train_targets
-    train_views = TrainingViews(images, views)
-    train_loader = loader(train_views, batch_sampler=batches, workers=workers, pin=cuda)
+    def weights(self) -> dict:
+        return _cpu_copy(self.net.state_dict())
 
-    ckpt_path = checkpoint_path(params, cfg_hash, test_every_epoch)
-    state = resume(ckpt_path, run, {"network": net, "criterion": criterion, "optimizer": optimizer,
-                                    "scheduler": scheduler, "scaler": scaler}, announce=procs.is_main)
-    history, start = (state["history"], state["epoch"] + 1) if state else ({"config_hash": cfg_hash, "epochs": []}, 1)
-    selection = Selection(tcfg.get("selection_metric", "recall@1"), [e.name for e in test_sets], state)
-    tracker = tracker if procs.is_main else None
-    mlflow_run_id = tracker.start(state and state.get("mlflow_run_id"), history["epochs"]) if tracker else None
-    model = net
-    if procs.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device] if cuda else None, broadcast_buffers=False,
-            find_unused_parameters=fcfg.get("warmup_epochs", 0) > 0)  # warm-up epochs leave the backbone out
+    def epoch_entry(self, epoch: int, seconds: float, steps: int) -> dict:
+        return {"seconds": round(seconds, 3), "images_per_second": round(steps * self.train.batch_size / max(seconds, 1e-9), 2),
+                "loader_wait_seconds": round(self.loader_wait, 3)}
 
-    def train_embeddings(augmented: bool = False):
-        """Raw z of every training image, for wrappers that keep class statistics: its evaluation
-        view, or (augmented) one training view seeded by (seed, epoch) (`epoch`: the loop's)."""
-        seeds = [(seed, epoch, STATISTICS_STEP, i) for i in range(len(train_rows))] if augmented else None
-        z = torch.from_numpy(embed(train_rows, normalize=False, seeds=seeds)).to(device)
-        set_training(net, fcfg.get("frozen_bn", True))
-        return z, torch.from_numpy(train_targets).long().to(device)
+    def epoch_label(self, epoch: int) -> str:
+        return " (warm-up)" if epoch <= self.finetune.warmup_epochs else ""
 
-    last_finite = history["epochs"][-1]["loss"] if history["epochs"] else None
-    for epoch in range(start, tcfg["epochs"] + 1):
-        t0 = time.time()
-        set_training(net, fcfg.get("frozen_bn", True))
-        batches.set_epoch(epoch)
-        seed_epoch(seed, epoch)
-        criterion.start_epoch(epoch, tcfg["epochs"], train_embeddings)
-        warm = epoch <= fcfg.get("warmup_epochs", 0)
-        losses, norms, decode_s, t_step = [], [], 0.0, time.time()
-        for step, (pixels, items) in enumerate(zip(train_loader, batches), start=1):
-            decode_s += time.time() - t_step
-            y = torch.from_numpy(targets[[row for row, _ in items]]).to(device)
-            with _autocast(device, amp):
-                z = model(pixels.to(device, non_blocking=True), normalize=False, backbone_grad=not warm)
-            all_z, all_y = distributed.gather_batch(z.float(), y, procs)
-            try:
-                loss = criterion(all_z, all_y)
-            except FloatingPointError as exc:
-                raise _diverged(run, epoch, step, last_finite, str(exc)) from None
-            if not torch.isfinite(loss):
-                raise _diverged(run, epoch, step, last_finite, f"the loss is {loss.item()}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * procs.world_size).backward()  # DDP averages: x world size = the global batch's gradient
-            distributed.unscale_loss_parameters(criterion, procs)
-            scaler.unscale_(optimizer)  # clipping sees the true gradients (a no-op without AMP)
-            criterion.clip_gradients(parameters, fcfg.get("grad_clip"))  # the norm, or the method's rule
-            scaler.step(optimizer)
-            scaler.update()
-            last_finite = loss.item()
-            losses.append(last_finite)
-            norms.append(z.detach().float().norm(dim=1).mean().item())
-            t_step = time.time()
-        scheduler.step()
-        if procs.is_main:
-            scored = scores()
-            entry = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                     "embedding_norm": round(float(np.mean(norms)), 4), **scored,
-                     "seconds": round(time.time() - t0, 3), "images_per_second":
-                         round(len(losses) * tcfg["batch_size"] / max(time.time() - t0, 1e-9), 2),
-                     "loader_wait_seconds": round(decode_s, 3)}
-            history["epochs"].append(entry)
-            if tracker is not None:
-                tracker.log_epoch(entry)
-            selection.update(epoch, scored, lambda: _cpu_copy(net.state_dict()))
-            print(f"epoch {epoch}/{tcfg['epochs']}{' (warm-up)' if warm else ''} loss {entry['loss']:.4f} "
-                  f"val {selection.metric} {scored['val'][selection.metric]:.4f}", file=sys.stderr)
-            _save_checkpoint(ckpt_path, {
-                "version": CHECKPOINT_VERSION, "config_hash": cfg_hash, "epoch": epoch,
-                "network": net.state_dict(), "criterion": criterion.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "history": history, **selection.checkpoint(),
-                "mlflow_run_id": mlflow_run_id,
-            })
-        distributed.barrier(procs)
-        if os.environ.get("DMLREPRO_STOP_AFTER_EPOCH") == str(epoch):  # lets tests simulate a killed job
-            raise SystemExit(f"stopping after epoch {epoch} as DMLREPRO_STOP_AFTER_EPOCH asks")
+    def model_entries(self) -> dict:
+        return {"head_kind": "network", "in_dim": self.net.head.in_dim, "out_dim": self.net.head.out_dim}
 
-    summary = {"config_hash": cfg_hash, "best_epoch": selection.best["epoch"], "out_dir": str(out_dir)}
-    if procs.is_main:
-        model_file = {"head_kind": "network", "in_dim": net.head.in_dim, "out_dim": net.head.out_dim,
-                      "last_state": _cpu_copy(net.state_dict()), "last_epoch": tcfg["epochs"],
-                      **selection.model_entries(history)}
-        if mlflow_run_id is not None:
-            model_file["mlflow_run_id"] = history["mlflow_run_id"] = mlflow_run_id
-        summary = _finish(out_dir, model_file, history, cfg, cfg_hash)
-        if tracker is not None:
-            tracker.finish(out_dir)
-        ckpt_path.unlink(missing_ok=True)
-    distributed.barrier(procs)
+    def barrier(self) -> None:
+        distributed.barrier(self.procs)
+
+
+def train_finetune(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False,
+                   tracker=None, procs: distributed.Processes | None = None) -> dict:
+    """Fine-tune one run; write model.pt and history.json into out_dir (rank 0)."""
+    procs = procs or distributed.from_environment()
+    check_settings(run.settings, procs)
+    device = distributed.start(procs, device)
+    set_threads(run.settings.threads)
+    regime = FinetuneRegime(params, run, device, test_every_epoch, procs)
+    summary = train_loop(regime, out_dir, checkpoint_path(params, run.hash, test_every_epoch), tracker)
     distributed.stop(procs)
     return summary
 

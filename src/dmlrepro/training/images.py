@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..backbones.extract import augmented_view, load_rgb, read_manifest_rows, to_batch
+from ..study.settings import FinetuneSettings
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,9 @@ class ViewSettings:
     pre_resize: int | None = None
 
     @classmethod
-    def of(cls, finetune: dict) -> "ViewSettings":
-        pre_resize = finetune.get("pre_resize")
-        return cls(int(finetune["input_size"]), int(finetune["resize"]), tuple(finetune["crop_scale"]),
-                   bool(finetune["flip"]), int(pre_resize) if pre_resize else None)
+    def of(cls, finetune: FinetuneSettings) -> "ViewSettings":
+        return cls(int(finetune.input_size), int(finetune.resize), tuple(finetune.crop_scale), bool(finetune.flip),
+                   int(finetune.pre_resize) if finetune.pre_resize else None)
 
 
 def resize_shorter(img: Image.Image, side: int) -> Image.Image:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DmlReproError
+from ..study.settings import TrainSettings
 
 __all__ = ["MPerClassBatchSampler", "RandomBatchSampler", "batch_sampler"]
 
@@ -149,11 +150,11 @@ class RandomBatchSampler(EpochBatches):
         return [order[i * self.batch_size:(i + 1) * self.batch_size].tolist() for i in range(self.iterations)]
 
 
-def batch_sampler(train_targets, tcfg: dict, seed: int):
+def batch_sampler(train_targets, train: TrainSettings, seed: int):
     """The training batches a run's `train` settings ask for (`sampling`: m_per_class or random);
     `iterations_per_epoch` null = one pass over the training images."""
-    iterations = tcfg.get("iterations_per_epoch") or -(-len(train_targets) // tcfg["batch_size"])
-    if tcfg.get("sampling", "m_per_class") == "random":
-        return RandomBatchSampler(len(train_targets), tcfg["batch_size"], iterations, seed)
-    return MPerClassBatchSampler(train_targets, tcfg["m_per_class"], tcfg["batch_size"], iterations, seed,
-                                 replace=tcfg.get("sample_with_replacement", False))
+    iterations = train.iterations_per_epoch or -(-len(train_targets) // train.batch_size)
+    if train.sampling == "random":
+        return RandomBatchSampler(len(train_targets), train.batch_size, iterations, seed)
+    return MPerClassBatchSampler(train_targets, train.m_per_class, train.batch_size, iterations, seed,
+                                 replace=train.sample_with_replacement)

@@ -11,8 +11,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from .atomic import free_bytes, human
-from .errors import DmlReproError
+from ..atomic import free_bytes, human
+from ..backbones import BACKBONES
+from ..errors import DmlReproError
+from ..paths import checkpoint_path, dataset_dir
 
 _SLACK = 1 << 20  # histories, metrics, temporary files
 
@@ -51,8 +53,6 @@ def check_outputs(outputs: list[tuple[Path, int, str, str]]) -> None:
 
 
 def _feature_dim(config: dict) -> int:
-    from .backbones import BACKBONES
-
     try:
         return int(BACKBONES.metadata(config["backbone"]["name"])["feature_dim"])
     except Exception:  # noqa: BLE001 - an estimate; an unknown backbone fails later with its own message
@@ -61,8 +61,6 @@ def _feature_dim(config: dict) -> int:
 
 def training_outputs(params: dict, run, test_every_epoch: bool) -> list[tuple[Path, int, str, str]]:
     """(folder, bytes, what, setting) of a training job: model.pt in the run's folder, the checkpoint."""
-    from .training.frozen import checkpoint_path
-
     if run.finetuned:  # a whole network: its size is known once built; an existing model says it
         existing = run.dir(params) / "model.pt"
         weights = existing.stat().st_size if existing.is_file() else 400 << 20
@@ -79,8 +77,6 @@ def training_outputs(params: dict, run, test_every_epoch: bool) -> list[tuple[Pa
 
 def features_output(params: dict, feat, views: int) -> list[tuple[Path, int, str, str]]:
     """(folder, bytes, what, setting) of an extraction job: the float16 features of every image view."""
-    from .config import dataset_dir
-
     manifest = dataset_dir(params, feat.dataset) / "manifest.csv"
     try:
         with open(manifest, "rb") as fh:

@@ -1,6 +1,7 @@
-"""Evaluate a trained run on its validation split and evaluation sets; write its metrics JSON.
+"""Stage `evaluate`: score a trained run on its validation split and evaluation sets; write its
+metrics JSON and log it to the run's MLflow training run.
 
-metrics.json holds, per evaluation set (:mod:`.sets`: ``test``, or VehicleID's ``test_800`` ...)
+metrics.json holds, per evaluation set (:mod:`dmlrepro.evaluation.sets`: ``test``, or VehicleID's ``test_800`` ...)
 and protocol, the metrics a table can show:
   val, <set>         epoch selected on validation (the honest protocol, always)
   <set>_last_epoch   the last epoch's weights (only when a table shows the last-epoch protocol,
@@ -20,13 +21,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import atomic
+from ..backbones import resolve_device
 from ..backbones.extract import feature_splits, load_features
-from ..config import dataset_dir
 from ..errors import DmlReproError
+from ..evaluation.sets import EvaluationSet, evaluation_sets, metrics_block, score_set
+from ..paths import dataset_dir
 from ..readers import read_json
 from ..study.runs import Run
-from ..training.frozen import embed, head_from_model, load_model, set_threads
-from .sets import EvaluationSet, evaluation_sets, metrics_block, score_set
+from ..threads import set_threads
+from ..training.frozen import embed, head_from_model, load_model
+from .preflight import check_writable
 
 VAL = EvaluationSet("val", "val")
 
@@ -62,12 +66,12 @@ def _images(params: dict, run: Run, model: dict, device: str):
     images = ManifestImages(dataset_dir(params, run.dataset))
     sets = evaluation_sets(images.splits, str(images.manifest))
     feats = split_arrays(images, ["val", *(sp for s in sets for sp in s.splits)])
-    fcfg = run.config["finetune"]
+    finetune = run.settings.finetune
 
     def embedder(which: str):
         net = network_from_model(model, which).to(device)
-        return lambda rows: embed_rows(net, images, ViewSettings.of(fcfg), rows, device, fcfg.get("eval_batch_size", 128),
-                                       fcfg.get("workers", 0), fcfg.get("amp", True))
+        return lambda rows: embed_rows(net, images, ViewSettings.of(finetune), rows, device, finetune.eval_batch_size,
+                                       finetune.workers, finetune.amp)
     return sets, feats, embedder
 
 
@@ -79,12 +83,12 @@ def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool =
             f"{run_dir / 'model.pt'} was trained with another configuration (hash {model['config_hash']}, "
             f"the declarations now give {run.hash}); rerun `dmlrepro train --run {run.id}`"
         )
-    set_threads(run.config["evaluation"].get("threads", params["evaluation"].get("threads", 1)))
+    set_threads(run.settings.evaluation.threads)
     sets, feats, embedder = (_images if run.finetuned else _features)(params, run, model, device)
     if paper_protocol and any(f"{s.name}_best_state" not in model for s in sets):
         raise DmlReproError(f"{run_dir / 'model.pt'} was trained without test scores per epoch; the papers' "
                             f"protocol needs `dmlrepro train --run {run.id} --test-every-epoch`")
-    ks = run.config["evaluation"]["ks"]
+    ks = run.settings.evaluation.ks
     epochs = _history_epochs(run_dir, run.hash, run.id)
     embedders = {}
 
@@ -117,3 +121,17 @@ def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool =
                       or score("best", VAL, False))
     atomic.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def evaluate(params: dict, run: Run, device: str | None = None, nmi: bool = False, paper_protocol: bool = False,
+             last_epoch: bool = False, record: bool = True) -> tuple[dict, str | None]:
+    """Evaluate `run` into its metrics.json; (the metrics, the MLflow training run it was logged to
+    or None)."""
+    check_writable(run.dir(params), "metrics file", "paths.runs")
+    metrics = evaluate_run(params, run, run.dir(params), resolve_device(device or params["device"]), nmi=nmi,
+                           paper_protocol=paper_protocol, last_epoch=last_epoch)
+    if not record:
+        return metrics, None
+    from ..reporting.training_record import log_evaluation
+
+    return metrics, log_evaluation(params, run, run.dir(params))

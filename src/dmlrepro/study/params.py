@@ -1,0 +1,151 @@
+"""Load and validate params.yaml: the schema (:mod:`dmlrepro.config`), then the cross-references it
+cannot express (batch size a multiple of m_per_class, every configured loss and miner buildable,
+m_per_class within the smallest prepared class), for params.yaml and for every run a declaration
+resolves (section_problems).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import DEFAULT_PARAMS, describe, schema, schema_problems
+from ..errors import DmlReproError
+from ..paths import dataset_dir
+from .settings import TrainSettings, section_settings
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """Read, validate and return params.yaml; raise DmlReproError naming the fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmlReproError(f"params file {path} not found; run from the repository root or pass --params FILE")
+    try:
+        params = yaml.safe_load(path.read_text("utf-8"))
+    except yaml.YAMLError as exc:
+        raise DmlReproError(f"{path} is not valid YAML: {exc}") from None
+    validate_params(params, source=str(path))
+    return params
+
+
+def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> None:
+    problems = schema_problems(params)
+    if not problems:
+        problems = _cross_reference_problems(params)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise DmlReproError(f"invalid configuration in {source}:\n{lines}")
+
+
+def _cross_reference_problems(params: dict) -> list[str]:
+    problems = [f"train.{p}" for p in _train_problems(train_settings(params["train"]))]
+    problems += _selection_problems(train_settings(params["train"]), params["evaluation"])
+    problems += _method_build_problems(params)
+    problems += _class_size_problems(params)
+    return problems
+
+
+def _selection_problems(train: TrainSettings, evaluation: dict) -> list[str]:
+    metric, ks = train.selection_metric, evaluation["ks"]
+    k = metric.partition("@")[2]
+    if metric.startswith("recall@") and int(k) not in ks:
+        return [f"train.selection_metric: {metric} cannot be computed: evaluation.ks {ks} has no {k}; "
+                f"add {k} to evaluation.ks or choose recall@{ks[0]}, map@r or r_precision"]
+    return []
+
+
+def _method_build_problems(params: dict) -> list[str]:
+    """Build every configured criterion and miner now, so an unknown argument fails here and not
+    minutes into a training job."""
+    from ..methods import build_criterion
+
+    problems = []
+    for name, method in params["methods"].items():
+        if method.get("loss") == "none":
+            continue
+        method = {k: v for k, v in method.items() if k != "train"}  # its training settings: not the loss's
+        try:
+            build_criterion(method, num_classes=2, embedding_dim=params["train"]["embedding_dim"], name=name)
+        except DmlReproError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _class_size_problems(params: dict) -> list[str]:
+    """m_per_class above the smallest training class of a prepared dataset (checked when its manifest
+    exists; the sampler refuses it at train time otherwise)."""
+    m = params["train"]["m_per_class"]
+    if train_settings(params["train"]).sample_with_replacement:
+        return []
+    problems = []
+    for name in params["datasets"]:
+        counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv")
+        if counts and min(counts.values()) < m:
+            smallest = min(counts, key=counts.get)
+            problems.append(
+                f"train.m_per_class: {m} is larger than the smallest training class of dataset {name!r} "
+                f"(class {smallest!r} has {counts[smallest]} images); lower it to at most {counts[smallest]} or "
+                "set train.sample_with_replacement: true")
+    return problems
+
+
+def _train_class_sizes(manifest: Path) -> dict[str, int]:
+    import csv
+
+    if not manifest.is_file():
+        return {}
+    counts: dict[str, int] = {}
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("split") == "train":
+                counts[row["class_name"]] = counts.get(row["class_name"], 0) + 1
+    return counts
+
+
+def train_settings(train: dict) -> TrainSettings:
+    return section_settings(TrainSettings, "train", train)
+
+
+def _train_problems(train: TrainSettings) -> list[str]:
+    problems = []
+    if train.sampling == "m_per_class" and train.batch_size % train.m_per_class:
+        problems.append(f"batch_size: {train.batch_size} is not a multiple of m_per_class ({train.m_per_class})")
+    for e in train.lr_milestones:
+        if e >= train.epochs:
+            problems.append(f"lr_milestones: epoch {e} is not below epochs ({train.epochs})")
+    return problems
+
+
+def section_problems(run_cfg: dict) -> list[str]:
+    """Check a resolved run configuration (after presets and overrides) against the same schema."""
+    import jsonschema
+
+    from .runs import TRAINING_FREE_LOSSES
+
+    full = schema()
+    problems = []
+    training_free = run_cfg["method"].get("loss") in TRAINING_FREE_LOSSES
+    for section, fragment in (("backbone", full["properties"]["backbone"]), ("regime", full["properties"]["regime"]),
+                              ("extract", full["properties"]["extract"]), ("finetune", full["properties"]["finetune"]),
+                              ("train", full["properties"]["train"]),
+                              ("evaluation", full["properties"]["evaluation"]),
+                              ("method", {"$ref": "#/$defs/method"})):
+        if section not in run_cfg:  # each regime has its own settings section (extract or finetune)
+            continue
+        value = run_cfg[section]
+        if section == "train" and training_free:
+            continue
+        if section == "method":
+            value = {k: v for k, v in value.items() if k != "name"}
+        sub = {**fragment, "$defs": full["$defs"]}
+        for e in jsonschema.Draft202012Validator(sub).iter_errors(value):
+            problems.append(f"{section}.{describe(e)}" if e.absolute_path else f"{section}: {describe(e)}")
+    if not problems and not training_free:
+        problems += [f"train.{p}" for p in _train_problems(train_settings(run_cfg["train"]))]
+        from ..methods import method_problems
+
+        problems += [f"method: {p}" for p in method_problems(run_cfg["method"])]
+    return problems
+
+
