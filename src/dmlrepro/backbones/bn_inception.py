@@ -1,30 +1,16 @@
-"""BN-Inception (Inception with Batch Normalization; Ioffe & Szegedy, ICML 2015), the backbone of
-most deep-metric-learning papers, defined here so that it needs nothing beyond torch.
+"""BN-Inception (Ioffe & Szegedy, ICML 2015), the backbone of most deep-metric-learning papers,
+defined here so that it needs nothing beyond torch.
 
-The weights are the ImageNet-1k model that Yuanjun Xiong trained in Caffe and Remi Cadene ported to
-PyTorch for ``pretrainedmodels``: ``bn_inception-52deb4733.pth``, published at
-http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth and loaded by the
-Proxy-Anchor, Proxy-NCA, MS-loss and SGAR code. Module and parameter names follow that file's
-layout (``conv1_7x7_s2``, ``conv1_7x7_s2_bn``, ..., ``inception_5b_pool_proj_bn``), so it loads
-with `load_weights` as is; its 1000-way classifier (``last_linear``) is not built by the factory.
+It loads the ImageNet-1k weights the papers' code uses, pretrainedmodels'
+``bn_inception-52deb4733.pth`` (`WEIGHTS_FILE`, `WEIGHTS_URL`), as is: module and parameter names
+follow that file's layout. The factory does not build its 1000-way classifier.
 
-Facts about the published layout this module reproduces (pretrainedmodels/models/bninception.py):
+The network reproduces the published layout (pretrainedmodels/models/bninception.py): 69
+convolutions, each with BatchNorm and ReLU, ten Inception blocks, max pools that round up, and BGR
+input on 0..255 minus the mean [104, 117, 128]. BatchNorm keeps PyTorch's defaults (momentum 0.1,
+eps 1e-5).
 
-* 69 convolutions, each with a bias and followed by a BatchNorm (eps 1e-5) and a ReLU: the stem
-  (conv1 7x7/2, conv2 1x1 reduce, conv2 3x3) and ten Inception blocks 3a 3b 3c 4a 4b 4c 4d 4e 5a 5b.
-  Blocks 3c and 4e downsample (stride-2 3x3 convolutions and a 3x3/2 max pool, no 1x1 branch);
-  the others have four branches (1x1; 3x3 reduce + 3x3; "double 3x3" reduce + two 3x3; 3x3 pool +
-  1x1 projection) and pool by averaging, except 5b, which max-pools (stride 1).
-* Every max pool rounds up (``ceil_mode=True``); the stem pools are 3x3/2.
-* Input: BGR channel order, 0..255 pixels, mean [104, 117, 128] subtracted, no std division
-  (``pretrained_settings``: input_space BGR, input_range [0, 255], mean [104, 117, 128], std [1, 1, 1]).
-* The file was saved before PyTorch 0.4: its BatchNorm tensors are shaped (1, C) (Proxy-Anchor
-  squeezes them on loading; `load_weights` does the same) and it has no ``num_batches_tracked``.
-
-BatchNorm momentum: pretrainedmodels uses PyTorch's default (0.1); the Proxy-Anchor copy declares
-``momentum=0.9`` (the Caffe convention carried over, which in PyTorch means running statistics that
-follow each batch). It only matters when BatchNorm is trained, which the papers do not do
-(`freeze_batchnorm`); this module keeps PyTorch's default 0.1 and eps 1e-5 (both copies).
+The layout in detail, the weights' provenance and the momentum question: docs/backbones.md.
 """
 from __future__ import annotations
 

@@ -1,35 +1,15 @@
 """Extract and cache frozen-backbone features for every image of a prepared dataset.
 
-Frozen-feature protocol
------------------------
-* Every image of every split gets one deterministic **centre view** (view 0).
-* Training images additionally get `train_views` **augmented views** (random resized crop with
-  area fraction in `crop_scale` and aspect ratio in [3/4, 4/3], then a horizontal flip with
-  probability 1/2 when `flip`), drawn from a generator seeded by (`seed`, manifest row index), so
-  re-extraction gives bit-identical arrays on the same machine, whatever the batch progress.
-* Heads are trained on these cached features (the trainer picks among a training image's views)
-  and evaluated on view 0.
-* The manifest is read and validated by dmlrepro.data.manifest.read_manifest (absolute image
-  paths allowed); every listed image must exist before the backbone is even built.
+Every image gets one deterministic centre view (view 0); training images also get `train_views`
+augmented views (random resized crop + flip) seeded by (`seed`, manifest row), so re-extraction
+gives identical arrays on the same machine. Heads train on these cached features and are evaluated
+on view 0, so the backbone runs once per dataset and settings, not once per run.
 
-Views (PIL only, no torchvision)
---------------------------------
-* centre_view(img, size): an image that is already size x size (prepared glyphs) is used as it is;
-  anything else is resized so that its shorter side is size*256/224 and centre-cropped to size
-  (the usual ImageNet evaluation transform, in one resampling step).
-* augmented_view(img, size, rng, crop_scale, flip): torchvision-style RandomResizedCrop + flip.
-* Images are converted to RGB; grayscale is repeated over the channels and transparent images
-  (emoji) are composited onto white.
+The manifest is validated, and every image checked, before the backbone is built. Views use PIL
+only (no torchvision). The output is one uncompressed `.npz`, written atomically: per split,
+float16 features (views, n, D), labels and manifest rows, plus a JSON `meta` record.
 
-Input size: `extract.input_size` when set, else the size of the first image in the manifest
-(which must then be square: prepared glyph images are `image_size` square).
-
-Output `.npz` (uncompressed, written atomically), for each split present in the manifest:
-  <split>_features float16 (views, n, D): views = 1 + train_views for "train", else 1
-  <split>_labels   int64 (n,)
-  <split>_rows     int64 (n,) manifest row indices (0-based data rows), in manifest order
-  meta             JSON string (0-d unicode array): backbone, weights, sizes, protocol, timing,
-                   inference engine used and its max |difference| from eager torch
+The protocol, the view transforms, the input size and the `.npz` layout: docs/backbones.md.
 """
 from __future__ import annotations
 

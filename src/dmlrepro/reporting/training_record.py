@@ -67,7 +67,8 @@ def final_metrics(metrics: dict, timestamp: int | None = None) -> list:
 class TrainingTracker:
     """The live MLflow run of one training job.
 
-    Use it as a context manager around ``train_run(..., tracker=tracker)``: the trainer calls
+    Use it as a context manager around ``train_frozen`` / ``train_finetune(..., tracker=tracker)``
+    (the train stage does): the trainer calls
     :meth:`start` once it has read its checkpoint (with the run id the checkpoint holds, if any),
     :meth:`log_epoch` after every epoch and :meth:`finish` once model.pt and history.json are
     written; leaving the context by an exception marks the run FAILED or KILLED (and opens one

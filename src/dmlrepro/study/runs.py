@@ -1,31 +1,16 @@
 """A run is its resolved configuration.
 
-A run's configuration is one JSON-able dict with fixed sections::
+A run's configuration is one JSON-able dict with fixed sections (dataset, data, backbone, regime,
+finetune, extract, method, train, evaluation, seed). It is built from params.yaml's defaults, then
+a paper's preset, then a row's overrides, then a sweep's value (dotted keys).
 
-    dataset     name of a params.yaml `datasets` entry (the prepared data and its class splits)
-    data        that entry's settings
-    backbone    {name, weights}
-    regime      "frozen" (a head on cached features) or "finetune" (end to end from images)
-    finetune    fine-tuning settings (views, learning rates, warm-up): finetune runs only
-    extract     feature-extraction settings
-    method      {name, loss, loss_args, miner, miner_args, ...}: a params.yaml `methods` entry
-    train       training settings
-    evaluation  {ks, ...}
-    seed        int
+`config_hash` hashes only the keys that can change a result (`NON_SEMANTIC` lists the others); it
+is recorded with a run's outputs, so a model or metrics file of another configuration is refused.
+A run's folder is named by what its declaration sets, not by params.yaml's current values, so
+output paths stay static for DVC and rows declared alike train once.
 
-It is built from params.yaml's defaults (``train`` updated by the method's own ``train`` block,
-e.g. the learning rate chosen for it on validation), then a paper's preset, then a row's overrides, then a
-sweep's value (dotted keys such as ``train.embedding_dim`` or ``method.loss_args.margin``).
-
-Identity: ``config_hash`` hashes only the keys that can change a result; threads, extraction batch
-size, paths and the device never count (``NON_SEMANTIC``); it is recorded in model.pt and
-metrics.json, and a model or metrics file of another configuration is refused.
-
-Where it lives: ``results/runs/<dataset>/<backbone>/<method>[-<hash8>]/seed<k>``, the hash8 taken
-over what the declaration sets (its preset by name, its overrides, a sweep's value), never over
-params.yaml's current values. Rows declared alike in several tables therefore share one run and
-train once, and ``dvc exp run -S <any value>`` changes what a folder holds, not where it is (DVC
-needs static output paths; DVC experiments version the contents).
+The sections, the layering and what the hash and the folder name count: docs/pipeline.md
+("Run identity: what the hash counts").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A run's resolved settings as typed objects: what training, extraction and evaluation read.
+"""A run's resolved settings as typed objects: what training and evaluation read.
 
 Built once, from the run's resolved configuration, when the run is resolved; every key a section
 may leave out takes the schema's `default` (workflow/schemas/params.schema.json), the one place
