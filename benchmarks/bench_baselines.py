@@ -51,13 +51,13 @@ def schedule(epochs: int) -> dict:
 def _train(job: tuple) -> dict:
     """Train one configuration on seed 0; its validation curve (no test split is read)."""
     params, method, overrides, tag = job
-    from dmlrepro.study.runs import resolve_run
+    from dmlrepro.study.runs import RunPaths, resolve_run
     from dmlrepro.training.frozen import train_frozen
 
     run = resolve_run(params, "glyphs", method, 0, [("benchmark", overrides, overrides)])
     out = Path(params["paths"]["runs"]) / tag
     t0 = time.time()
-    train_frozen(params, run, out, "cpu")
+    train_frozen(run, RunPaths.of(params, run, out), "cpu")
     history = json.loads((out / "history.json").read_text())
     val = [round(100 * e["val"]["recall@1"], 2) for e in history["epochs"]]
     return {"method": method, "overrides": overrides, "val_r1": val, "best": max(val),

@@ -101,13 +101,13 @@ def train_curve(job: tuple) -> dict:
     """Train one configuration on seed 0; its validation curve. Only the train and val splits of
     the features are read (train_frozen without test_every_epoch)."""
     params, dataset, method, overrides, tag = job
-    from dmlrepro.study.runs import resolve_run
+    from dmlrepro.study.runs import RunPaths, resolve_run
     from dmlrepro.training.frozen import train_frozen
 
     run = resolve_run(params, dataset, method, SEED, [("benchmark", overrides, overrides)])
     out = Path(params["paths"]["runs"]) / tag
     t0, c0 = time.time(), time.process_time()
-    train_frozen(params, run, out, "cpu", test_every_epoch=False)
+    train_frozen(run, RunPaths.of(params, run, out), "cpu", test_every_epoch=False)
     seconds, cpu = time.time() - t0, time.process_time() - c0
     history = json.loads((out / "history.json").read_text())
     val = [round(100 * e["val"]["recall@1"], 2) for e in history["epochs"]]

@@ -36,6 +36,7 @@ T_IMPORT = time.process_time()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from dmlrepro.paths import checkpoint_file  # noqa: E402
 from dmlrepro.study import load_study  # noqa: E402
 from dmlrepro.study.params import load_params  # noqa: E402
 from dmlrepro.threads import set_threads  # noqa: E402
@@ -97,7 +98,7 @@ def profile(params: dict, run, epochs: int | None, work: Path) -> dict:
     device = "cpu"
     with clock.phase("start-up"):
         set_threads(run.settings.threads)
-        data = frozen.CachedFeatures(params, run, False, device)
+        data = frozen.CachedFeatures(run.features.path(params), run, False, device)
         loop.seed_everything(run.seed)
         regime = frozen.FrozenRegime(run, data, device)
     if epochs:  # a shorter schedule for a quick look: costs per step and per epoch stay comparable
@@ -113,11 +114,10 @@ def profile(params: dict, run, epochs: int | None, work: Path) -> dict:
     loop.save_checkpoint = clock.wrap("checkpoint", save)
     tracker = _tracker(params, run, work, clock)
     try:
-        train_params = {**params, "paths": {**params["paths"], "checkpoints": str(work / "ckpt")}}
         out = work / "run"
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.process_time()
-        loop.train_loop(regime, out, frozen.checkpoint_path(train_params, run.hash, False), tracker)
+        loop.train_loop(regime, out, checkpoint_file(work / "ckpt", run.hash, False), tracker)
         train_seconds = time.process_time() - t0
     finally:
         loop.save_checkpoint = save
@@ -145,8 +145,9 @@ def _tracker(params: dict, run, work: Path, clock: Clock):
 
 def _evaluate(params: dict, run, out: Path, device: str) -> None:
     from dmlrepro.stages.evaluate import evaluate_run
+    from dmlrepro.study.runs import RunPaths
 
-    evaluate_run(params, run, out, device)
+    evaluate_run(run, RunPaths.of(params, run, out), device)
 
 
 def main(argv=None) -> None:

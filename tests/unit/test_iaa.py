@@ -16,6 +16,7 @@ import torch
 
 from dmlrepro.errors import DmlReproError
 from dmlrepro.methods import build_criterion
+from dmlrepro.study.runs import RunPaths
 from dmlrepro.methods.iaa import (
     IntraClassAugmenter,
     class_moments,
@@ -972,7 +973,7 @@ def _views_of_statistics(params, tmp, monkeypatch, **iaa_args):
         return real_update(self, z, labels)
 
     monkeypatch.setattr(IntraClassAugmenter, "update_statistics", update)
-    frozen.train_frozen(params, run, tmp / f"out-{len(list(tmp.iterdir()))}", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / f"out-{len(list(tmp.iterdir()))}"), "cpu")
     return seen
 
 

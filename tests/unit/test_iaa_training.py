@@ -11,6 +11,7 @@ import torch
 from dmlrepro.methods.iaa import IntraClassAugmenter
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
+from dmlrepro.study.runs import RunPaths
 from test_training import _epochs, setup, train_killed_and_resumed  # noqa: F401  (fixture)
 
 
@@ -42,7 +43,7 @@ def test_statistics_are_refreshed_on_schedule_from_every_training_image(setup, m
         return real(self, z, labels)
 
     monkeypatch.setattr(IntraClassAugmenter, "update_statistics", spy)
-    frozen.train_frozen(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu")
     # the fixture's training split: classes 0-7, 6 images each (one view), every image once
     assert calls == [(48, [6] * 8), (48, [6] * 8)]
 

@@ -21,6 +21,7 @@ from dmlrepro.methods import CriterionWrapper, build_criterion, method_labels, m
 from dmlrepro.methods.sgar import SCHEMA, VARIANTS, SyntheticRanking, grouped_log1p_sum_exp, ranking_loss
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
+from dmlrepro.study.runs import RunPaths
 from conftest import REPO
 from test_training import _epochs, setup, train_killed_and_resumed  # noqa: F401  (fixture)
 
@@ -531,7 +532,7 @@ def test_the_training_step_clips_each_gradient_value_in_the_code_variant(setup, 
         return optimizer, scheduler
 
     monkeypatch.setattr(frozen, "optimizer_and_schedule", optimizer_and_schedule)
-    frozen.train_frozen(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu")
     assert len(largest) == 3 * 4  # every step of the fixture's 3 epochs x 4 iterations
     if variant == "code":
         assert max(largest) == 10.0  # clip_grad_value_(..., 10): the constructed gradients reach it
@@ -578,7 +579,7 @@ def test_q_is_trained_but_never_touched_when_embeddings_are_evaluated(setup, mon
 
     monkeypatch.setattr(frozen, "build_criterion", build)
     monkeypatch.setattr(frozen, "embed", embed)
-    frozen.train_frozen(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu")
     assert in_training and not in_evaluation  # the spy works, and evaluation never calls q
     model = torch.load(tmp / "out/model.pt", weights_only=False)
     assert set(model["best_state"]) == set(model["last_state"]) == {"linear.weight", "linear.bias"}

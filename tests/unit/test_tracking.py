@@ -16,6 +16,7 @@ from dmlrepro.study import load_study
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
 from dmlrepro.training.loop import Diverged
+from dmlrepro.study.runs import RunPaths
 from conftest import nan_criterion
 from studyutil import study_params, write_metrics, write_paper
 from test_training import _features
@@ -161,7 +162,7 @@ def training(tmp_path, monkeypatch, torch_one_thread, empty_store):
 
 def _train(params, run, **kwargs):
     with TrainingTracker(params, run, **kwargs) as tracker:
-        frozen.train_frozen(params, run, run.dir(params), "cpu", tracker=tracker, **kwargs)
+        frozen.train_frozen(run, RunPaths.of(params, run, run.dir(params)), "cpu", tracker=tracker, **kwargs)
     return tracker.run_id
 
 
@@ -260,6 +261,6 @@ def test_an_interrupt_is_killed_and_an_error_is_failed(training, monkeypatch):
 def test_training_without_a_tracker_touches_no_store(training, tmp_path):
     params, run, _ = training
     (tmp_path / "mlflow.db").unlink()
-    frozen.train_frozen(params, run, run.dir(params), "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, run.dir(params)), "cpu")
     assert "mlflow_run_id" not in json.loads((run.dir(params) / "history.json").read_text())
     assert not (tmp_path / "mlflow.db").exists()

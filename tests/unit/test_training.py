@@ -13,6 +13,7 @@ from dmlrepro.methods import CriterionWrapper
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
 from dmlrepro.training.loop import Diverged
+from dmlrepro.study.runs import RunPaths
 from conftest import REPO
 
 
@@ -61,15 +62,15 @@ def _epochs(history):
 def train_killed_and_resumed(params, run, tmp, monkeypatch, stop_after: int = 1):
     """Train `run` once uninterrupted and once killed after epoch `stop_after` then resumed (the
     generators scrambled in between); returns (reference, resumed) as (history, model) pairs."""
-    frozen.train_frozen(params, run, tmp / "uninterrupted", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "uninterrupted"), "cpu")
     monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", str(stop_after))
     with pytest.raises(SystemExit):
-        frozen.train_frozen(params, run, tmp / "resumed", "cpu")
+        frozen.train_frozen(run, RunPaths.of(params, run, tmp / "resumed"), "cpu")
     assert not (tmp / "resumed/model.pt").exists()
     torch.rand(1000)  # the resumed process's generators are wherever they happen to be
     np.random.rand(1000)
     monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
-    frozen.train_frozen(params, run, tmp / "resumed", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "resumed"), "cpu")
     return tuple((json.loads((tmp / name / "history.json").read_text()),
                   torch.load(tmp / name / "model.pt", weights_only=False))
                  for name in ("uninterrupted", "resumed"))
@@ -79,17 +80,17 @@ def test_a_killed_run_of_a_random_loss_resumes_to_identical_metrics(setup, monke
     params, run, tmp = setup
     real = frozen.build_criterion
     monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: NoisyCriterion(real(*a, **k)))
-    frozen.train_frozen(params, run, tmp / "uninterrupted", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "uninterrupted"), "cpu")
     reference = json.loads((tmp / "uninterrupted/history.json").read_text())
 
     monkeypatch.setenv("DMLREPRO_STOP_AFTER_EPOCH", "1")
     with pytest.raises(SystemExit):
-        frozen.train_frozen(params, run, tmp / "resumed", "cpu")
+        frozen.train_frozen(run, RunPaths.of(params, run, tmp / "resumed"), "cpu")
     assert not (tmp / "resumed/model.pt").exists()
     torch.rand(1000)  # the resumed process's global generators are wherever they happen to be
     np.random.rand(1000)
     monkeypatch.delenv("DMLREPRO_STOP_AFTER_EPOCH")
-    frozen.train_frozen(params, run, tmp / "resumed", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "resumed"), "cpu")
     resumed = json.loads((tmp / "resumed/history.json").read_text())
     assert _epochs(resumed) == _epochs(reference)
     assert len(reference["epochs"]) == 3 and all(e["embedding_norm"] > 0 for e in reference["epochs"])
@@ -111,7 +112,7 @@ def test_a_non_finite_loss_stops_the_run_with_epoch_step_and_last_loss(setup, mo
 
     monkeypatch.setattr(frozen, "build_criterion", lambda *a, **k: Exploding(real(*a, **k)))
     with pytest.raises(Diverged) as info:
-        frozen.train_frozen(params, run, tmp / "out", "cpu")
+        frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu")
     msg = str(info.value)
     assert "diverged at epoch 2, step 3" in msg and "the loss is nan" in msg
     assert "last finite loss" in msg and "no model was written" in msg
@@ -125,12 +126,12 @@ def test_evaluation_reuses_the_searches_training_made(setup, monkeypatch):
     from dmlrepro.evaluation.metrics import evaluate_retrieval
 
     params, run, tmp = setup
-    frozen.train_frozen(params, run, tmp / "out", "cpu", test_every_epoch=True)
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu", test_every_epoch=True)
     searched = []
     real = evaluation.score_set
     monkeypatch.setattr(evaluation, "score_set", lambda embed, feats, eset, *a: searched.append(eset.name) or
                         real(embed, feats, eset, *a))
-    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", nmi=False, paper_protocol=True,
+    metrics = evaluation.evaluate_run(run, RunPaths.of(params, run, tmp / "out"), "cpu", nmi=False, paper_protocol=True,
                                       last_epoch=True)
     assert searched == ["test"]
     history = {e["epoch"]: e for e in json.loads((tmp / "out/history.json").read_text())["epochs"]}
@@ -150,15 +151,15 @@ def test_the_last_epoch_is_searched_only_when_asked_for(setup, monkeypatch):
     from dmlrepro.stages import evaluate as evaluation
 
     params, run, tmp = setup
-    frozen.train_frozen(params, run, tmp / "out", "cpu")
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu")
     searched = []
     real = evaluation.score_set
     monkeypatch.setattr(evaluation, "score_set", lambda embed, feats, eset, *a: searched.append(eset.name) or
                         real(embed, feats, eset, *a))
-    assert "test_last_epoch" not in evaluation.evaluate_run(params, run, tmp / "out", "cpu")
+    assert "test_last_epoch" not in evaluation.evaluate_run(run, RunPaths.of(params, run, tmp / "out"), "cpu")
     assert searched == ["test"]
     model = frozen.load_model(tmp / "out/model.pt")
-    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", last_epoch=True)
+    metrics = evaluation.evaluate_run(run, RunPaths.of(params, run, tmp / "out"), "cpu", last_epoch=True)
     assert set(metrics["test_last_epoch"]) == set(metrics["test"])
     assert searched == ["test", "test"] + (["test"] if model["last_epoch"] != model["best_epoch"] else [])
 
@@ -195,8 +196,8 @@ def test_every_evaluation_set_is_scored_under_both_protocols(setup, layout):
 
     params, run, tmp = setup
     arrays = _multi_set_features(run.features.path(params), layout)
-    frozen.train_frozen(params, run, tmp / "out", "cpu", test_every_epoch=True)
-    metrics = evaluation.evaluate_run(params, run, tmp / "out", "cpu", paper_protocol=True, last_epoch=True)
+    frozen.train_frozen(run, RunPaths.of(params, run, tmp / "out"), "cpu", test_every_epoch=True)
+    metrics = evaluation.evaluate_run(run, RunPaths.of(params, run, tmp / "out"), "cpu", paper_protocol=True, last_epoch=True)
     model = frozen.load_model(tmp / "out/model.pt")
     history = json.loads((tmp / "out/history.json").read_text())["epochs"]
     ks = run.config["evaluation"]["ks"]

@@ -13,6 +13,7 @@ import pytest
 from dmlrepro.errors import DmlReproError
 from dmlrepro.study.runs import resolve_run
 from dmlrepro.training import frozen
+from dmlrepro.study.runs import RunPaths
 from conftest import REPO
 from test_training import setup  # noqa: F401  (fixture: synthetic features, a shrunk schedule)
 
@@ -65,7 +66,7 @@ def test_the_guard_does_catch_a_test_split_read(no_test_split):
     params, _ = no_test_split
     run = resolve_run(params, "glyphs", "contrastive_da", 0, [])
     with pytest.raises((AssertionError, DmlReproError)):
-        frozen.train_frozen(params, run, Path(params["paths"]["runs"]) / "guard", "cpu", test_every_epoch=True)
+        frozen.train_frozen(run, RunPaths.of(params, run, Path(params["paths"]["runs"]) / "guard"), "cpu", test_every_epoch=True)
 
 
 @pytest.mark.parametrize("peaks, chosen", [

@@ -25,9 +25,8 @@ from ..backbones import resolve_device
 from ..backbones.extract import feature_splits, load_features
 from ..errors import DmlReproError
 from ..evaluation.sets import EvaluationSet, evaluation_sets, metrics_block, score_set
-from ..paths import dataset_dir
 from ..readers import read_json
-from ..study.runs import Run
+from ..study.runs import Run, RunPaths
 from ..threads import set_threads
 from ..training.frozen import embed, head_from_model, load_model
 from .preflight import check_writable
@@ -46,9 +45,9 @@ def _history_epochs(run_dir: Path, cfg_hash: str, run_id: str) -> dict:
     return {e["epoch"]: {k: v for k, v in e.items() if isinstance(v, dict)} for e in history["epochs"]}
 
 
-def _features(params: dict, run: Run, model: dict, device: str):
+def _features(paths: RunPaths, run: Run, model: dict, device: str):
     """Frozen regime: the cached features, embedded by the trained head."""
-    feat_path = run.features.path(params)
+    feat_path = paths.features
     sets = evaluation_sets(feature_splits(feat_path), str(feat_path))
     feats = load_features(feat_path, splits=dict.fromkeys(["val", *(sp for s in sets for sp in s.splits)]))
 
@@ -58,12 +57,12 @@ def _features(params: dict, run: Run, model: dict, device: str):
     return sets, feats, embedder
 
 
-def _images(params: dict, run: Run, model: dict, device: str):
+def _images(paths: RunPaths, run: Run, model: dict, device: str):
     """Fine-tuned regime: the images' evaluation views, embedded by the fine-tuned network."""
     from ..training.finetune import embed_rows, network_from_model, split_arrays
     from ..training.images import ManifestImages, ViewSettings
 
-    images = ManifestImages(dataset_dir(params, run.dataset))
+    images = ManifestImages(paths.images)
     sets = evaluation_sets(images.splits, str(images.manifest))
     feats = split_arrays(images, ["val", *(sp for s in sets for sp in s.splits)])
     finetune = run.settings.finetune
@@ -75,8 +74,9 @@ def _images(params: dict, run: Run, model: dict, device: str):
     return sets, feats, embedder
 
 
-def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool = False,
-                 paper_protocol: bool = False, last_epoch: bool = False) -> dict:
+def evaluate_run(run: Run, paths: RunPaths, device: str, nmi: bool = False, paper_protocol: bool = False,
+                 last_epoch: bool = False) -> dict:
+    run_dir = paths.out_dir
     model = load_model(run_dir / "model.pt", run.id)
     if model["config_hash"] != run.hash:
         raise DmlReproError(
@@ -84,7 +84,7 @@ def evaluate_run(params: dict, run: Run, run_dir: Path, device: str, nmi: bool =
             f"the declarations now give {run.hash}); rerun `dmlrepro train --run {run.id}`"
         )
     set_threads(run.settings.evaluation.threads)
-    sets, feats, embedder = (_images if run.finetuned else _features)(params, run, model, device)
+    sets, feats, embedder = (_images if run.finetuned else _features)(paths, run, model, device)
     if paper_protocol and any(f"{s.name}_best_state" not in model for s in sets):
         raise DmlReproError(f"{run_dir / 'model.pt'} was trained without test scores per epoch; the papers' "
                             f"protocol needs `dmlrepro train --run {run.id} --test-every-epoch`")
@@ -128,7 +128,7 @@ def evaluate(params: dict, run: Run, device: str | None = None, nmi: bool = Fals
     """Evaluate `run` into its metrics.json; (the metrics, the MLflow training run it was logged to
     or None)."""
     check_writable(run.dir(params), "metrics file", "paths.runs")
-    metrics = evaluate_run(params, run, run.dir(params), resolve_device(device or params["device"]), nmi=nmi,
+    metrics = evaluate_run(run, RunPaths.of(params, run), resolve_device(device or params["device"]), nmi=nmi,
                            paper_protocol=paper_protocol, last_epoch=last_epoch)
     if not record:
         return metrics, None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from ..backbones import resolve_device
-from ..study.runs import Run
+from ..study.runs import Run, RunPaths
 from ..training import distributed
 from .preflight import check_outputs, training_outputs
 
@@ -15,14 +15,14 @@ def train(params: dict, run: Run, device: str | None = None, test_every_epoch: b
     """Train `run` into its folder (model.pt, history.json); returns the training summary."""
     check_outputs(training_outputs(params, run, test_every_epoch))
     device = resolve_device(device or params["device"])
-    regime = _regime(run)
+    regime, paths = _regime(run), RunPaths.of(params, run)
     if not record or not distributed.from_environment().is_main:  # under torchrun, rank 0 alone keeps the record
-        return regime(params, run, run.dir(params), device, test_every_epoch=test_every_epoch)
+        return regime(run, paths, device, test_every_epoch=test_every_epoch)
     from ..reporting.training_record import TrainingTracker
 
     _raise_on_sigterm()
     with TrainingTracker(params, run, test_every_epoch=test_every_epoch) as tracker:
-        summary = regime(params, run, run.dir(params), device, test_every_epoch=test_every_epoch, tracker=tracker)
+        summary = regime(run, paths, device, test_every_epoch=test_every_epoch, tracker=tracker)
     return {**summary, "mlflow_run_id": tracker.run_id}
 
 

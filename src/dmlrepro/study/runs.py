@@ -23,6 +23,7 @@ from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
 
 from ..errors import DmlReproError
+from ..paths import checkpoint_file, dataset_dir
 from .settings import RunSettings, run_settings
 
 #: Sections of a run configuration that declarations may override with dotted keys.
@@ -268,6 +269,26 @@ class Run:
     def settings(self) -> RunSettings:
         """The typed settings training and evaluation read (defaults filled from the schema)."""
         return run_settings(self.config, trains=self.config["method"].get("loss") not in TRAINING_FREE_LOSSES)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's jobs read and write, resolved once from params.yaml's `paths:`: its folder
+    (model.pt, history.json, metrics.json), its cached features (frozen regime) or its prepared
+    images (fine-tuning), and the folder of its resume state."""
+
+    out_dir: Path
+    features: Path
+    images: Path
+    checkpoints: Path
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any], run: Run, out_dir: Path | None = None) -> "RunPaths":
+        return cls(Path(out_dir) if out_dir is not None else run.dir(params), run.features.path(params),
+                   dataset_dir(params, run.dataset), Path(params["paths"]["checkpoints"]))
+
+    def checkpoint(self, config_hash: str, test_every_epoch: bool) -> Path:
+        return checkpoint_file(self.checkpoints, config_hash, test_every_epoch)
 
 
 #: (where, overrides[, naming]): `naming` is what the folder name hashes (default: the overrides)

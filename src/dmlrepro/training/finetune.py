@@ -33,8 +33,7 @@ from ..errors import DmlReproError
 from ..evaluation.metrics import evaluate_retrieval
 from ..evaluation.sets import evaluation_sets, score_set
 from ..methods import build_criterion
-from ..paths import checkpoint_path, dataset_dir
-from ..study.runs import Run
+from ..study.runs import Run, RunPaths
 from ..study.settings import RunSettings
 from ..threads import set_threads
 from . import distributed
@@ -129,14 +128,14 @@ def check_settings(settings: RunSettings, procs: distributed.Processes) -> None:
 class FinetuneRegime:
     """Backbone and head trained end to end from decoded images (and, under torchrun, over processes)."""
 
-    def __init__(self, params: dict, run: Run, device: str, test_every_epoch: bool, procs: distributed.Processes):
+    def __init__(self, images: Path, run: Run, device: str, test_every_epoch: bool, procs: distributed.Processes):
         cfg, train, finetune = run.config, run.settings.train, run.settings.finetune
         self.run_id, self.config, self.config_hash, self.seed = run.id, cfg, run.hash, run.seed
         self.train, self.procs, self.is_main, self.device = train, procs, procs.is_main, device
         self.finetune = finetune
         cuda = torch.device(device).type == "cuda"
         self.amp = finetune.amp and cuda
-        self.images = ManifestImages(dataset_dir(params, run.dataset))
+        self.images = ManifestImages(images)
         self.views = ViewSettings.of(finetune)
         self.test_sets = evaluation_sets(self.images.splits, str(self.images.manifest)) if test_every_epoch else []
         self.arrays = split_arrays(self.images, ["val", *(s for t in self.test_sets for s in t.splits)])
@@ -235,15 +234,15 @@ class FinetuneRegime:
         distributed.barrier(self.procs)
 
 
-def train_finetune(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False,
-                   tracker=None, procs: distributed.Processes | None = None) -> dict:
-    """Fine-tune one run; write model.pt and history.json into out_dir (rank 0)."""
+def train_finetune(run: Run, paths: RunPaths, device: str, test_every_epoch: bool = False, tracker=None,
+                   procs: distributed.Processes | None = None) -> dict:
+    """Fine-tune one run; write model.pt and history.json into its folder (rank 0)."""
     procs = procs or distributed.from_environment()
     check_settings(run.settings, procs)
     device = distributed.start(procs, device)
     set_threads(run.settings.threads)
-    regime = FinetuneRegime(params, run, device, test_every_epoch, procs)
-    summary = train_loop(regime, out_dir, checkpoint_path(params, run.hash, test_every_epoch), tracker)
+    regime = FinetuneRegime(paths.images, run, device, test_every_epoch, procs)
+    summary = train_loop(regime, paths.out_dir, paths.checkpoint(run.hash, test_every_epoch), tracker)
     distributed.stop(procs)
     return summary
 

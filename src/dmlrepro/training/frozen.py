@@ -17,9 +17,8 @@ from ..errors import DmlReproError
 from ..evaluation.metrics import evaluate_retrieval
 from ..evaluation.sets import evaluation_sets, score_set
 from ..methods import build_criterion
-from ..paths import checkpoint_path
 from ..readers import check_finite_weights, read_torch
-from ..study.runs import Run
+from ..study.runs import Run, RunPaths
 from ..threads import set_threads
 from .heads import EmbeddingHead, IdentityHead
 from .loop import optimizer_and_schedule, seed_everything, train_loop, write_outputs
@@ -45,8 +44,7 @@ class CachedFeatures:
     """A run's cached features: the training views, validation and (with test scores per epoch) the
     evaluation sets, and their scoring by a head."""
 
-    def __init__(self, params: dict, run: Run, test_every_epoch: bool, device: str):
-        feat_path = run.features.path(params)
+    def __init__(self, feat_path: Path, run: Run, test_every_epoch: bool, device: str):
         self.test_sets = evaluation_sets(feature_splits(feat_path), str(feat_path)) if test_every_epoch else []
         self.feats = load_features(feat_path, splits=dict.fromkeys(
             ["train", "val", *(s for t in self.test_sets for s in t.splits)]))
@@ -137,18 +135,17 @@ class FrozenRegime:
         pass
 
 
-def train_frozen(params: dict, run: Run, out_dir: Path, device: str, test_every_epoch: bool = False,
-                 tracker=None) -> dict:
-    """Train one run on its cached features; write model.pt and history.json into out_dir.
+def train_frozen(run: Run, paths: RunPaths, device: str, test_every_epoch: bool = False, tracker=None) -> dict:
+    """Train one run on its cached features; write model.pt and history.json into its folder.
 
     tracker: reporting's TrainingTracker (the train stage's), or None for no MLflow record."""
     set_threads(run.settings.threads)
-    data = CachedFeatures(params, run, test_every_epoch, device)
+    data = CachedFeatures(paths.features, run, test_every_epoch, device)
     seed_everything(run.seed)
     if run.settings.train is None:  # a loss that trains nothing ("none")
-        return _score_untrained(run, data, out_dir, tracker)
+        return _score_untrained(run, data, paths.out_dir, tracker)
     regime = FrozenRegime(run, data, device)
-    return train_loop(regime, out_dir, checkpoint_path(params, run.hash, test_every_epoch), tracker)
+    return train_loop(regime, paths.out_dir, paths.checkpoint(run.hash, test_every_epoch), tracker)
 
 
 def _score_untrained(run: Run, data: CachedFeatures, out_dir: Path, tracker) -> dict:
