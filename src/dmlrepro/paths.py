@@ -27,10 +27,7 @@ def figure_paths(params: dict, paper: str, sweep: str) -> tuple[Path, Path]:
 
 
 
-def checkpoint_path(params: dict, cfg_hash: str, test_every_epoch: bool) -> Path:
-    """A run's resume state, outside its declared outputs (a killed job resumes from it)."""
-    return checkpoint_file(Path(params["paths"]["checkpoints"]), cfg_hash, test_every_epoch)
-
-
 def checkpoint_file(folder: Path, cfg_hash: str, test_every_epoch: bool) -> Path:
+    """A run's resume state in params.yaml's paths.checkpoints, outside its declared outputs (a killed
+    job resumes from it)."""
     return Path(folder) / f"{cfg_hash}-{int(test_every_epoch)}.pt"

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..atomic import free_bytes, human
 from ..backbones import BACKBONES
 from ..errors import DmlReproError
-from ..paths import checkpoint_path, dataset_dir
+from ..paths import dataset_dir
 
 _SLACK = 1 << 20  # histories, metrics, temporary files
 
@@ -59,10 +59,10 @@ def _feature_dim(config: dict) -> int:
         return 2048
 
 
-def training_outputs(params: dict, run, test_every_epoch: bool) -> list[tuple[Path, int, str, str]]:
+def training_outputs(run, paths, test_every_epoch: bool) -> list[tuple[Path, int, str, str]]:
     """(folder, bytes, what, setting) of a training job: model.pt in the run's folder, the checkpoint."""
     if run.finetuned:  # a whole network: its size is known once built; an existing model says it
-        existing = run.dir(params) / "model.pt"
+        existing = paths.out_dir / "model.pt"
         weights = existing.stat().st_size if existing.is_file() else 400 << 20
     else:
         dim = _feature_dim(run.config)
@@ -70,9 +70,8 @@ def training_outputs(params: dict, run, test_every_epoch: bool) -> list[tuple[Pa
     copies = 3 if test_every_epoch else 2  # best and last (and best-on-test)
     model = weights * copies
     checkpoint = weights * (copies + 3)  # the live weights, Adam's two moments, the kept copies
-    return [(run.dir(params), model, "trained model", "paths.runs"),
-            (checkpoint_path(params, run.hash, test_every_epoch).parent, 2 * checkpoint, "checkpoint",
-             "paths.checkpoints")]
+    return [(paths.out_dir, model, "trained model", "paths.runs"),
+            (paths.checkpoints, 2 * checkpoint, "checkpoint", "paths.checkpoints")]
 
 
 def features_output(params: dict, feat, views: int) -> list[tuple[Path, int, str, str]]:

@@ -13,9 +13,10 @@ from .preflight import check_outputs, training_outputs
 def train(params: dict, run: Run, device: str | None = None, test_every_epoch: bool = False,
           record: bool = True) -> dict:
     """Train `run` into its folder (model.pt, history.json); returns the training summary."""
-    check_outputs(training_outputs(params, run, test_every_epoch))
+    paths = RunPaths.of(params, run)
+    check_outputs(training_outputs(run, paths, test_every_epoch))
     device = resolve_device(device or params["device"])
-    regime, paths = _regime(run), RunPaths.of(params, run)
+    regime = _regime(run)
     if not record or not distributed.from_environment().is_main:  # under torchrun, rank 0 alone keeps the record
         return regime(run, paths, device, test_every_epoch=test_every_epoch)
     from ..reporting.training_record import TrainingTracker
