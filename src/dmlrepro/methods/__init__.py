@@ -10,6 +10,9 @@ from .criterion import (
 )
 from .standard import LOSSES, MINERS, allowed_args
 from . import density, iaa, sgar  # noqa: F401,E402  (register "density", "iaa" and "sgar")
+from . import kernels
+
+kernels.install()  # PML's masked logsumexp, bit-identical and faster (see kernels)
 
 __all__ = [
     "LOSSES", "MINERS", "REGULARIZERS", "AUGMENTERS", "WRAPPER_KEYS", "METHOD_KEYS", "Criterion",

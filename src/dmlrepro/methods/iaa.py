@@ -31,6 +31,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from ..errors import DmlReproError
 from .arguments import resolve_variant, variant_switch
 from .criterion import AUGMENTERS, CriterionWrapper
+from .kernels import multi_similarity_pairs
 
 LABEL = "IAA"
 
@@ -367,21 +368,6 @@ class IntraClassAugmenter(CriterionWrapper):
 
     def extra_repr(self) -> str:
         return f"{LABEL}: " + ", ".join(f"{k}={v}" for k, v in self.args.items())
-
-
-@torch.no_grad()
-def multi_similarity_pairs(mat, pos, neg, epsilon: float, inverted: bool = True):
-    """The MS miner's rule (Wang et al. 2019; PML's ``MultiSimilarityMiner``) on explicit masks:
-    keep a positive if s - eps < the anchor's largest negative similarity, a negative if
-    s + eps > its smallest positive one (mirrored for a distance). Per-row max / min instead of
-    PML's two full sorts: the same pairs, in row-major order."""
-    if not inverted:  # a distance: flip to a similarity, the rule is symmetric
-        mat = -mat
-    hardest_neg = mat.masked_fill(~neg, -math.inf).max(1, keepdim=True).values
-    easiest_pos = mat.masked_fill(~pos, math.inf).min(1, keepdim=True).values
-    a1, p = torch.nonzero(pos & (mat - epsilon < hardest_neg), as_tuple=True)
-    a2, n = torch.nonzero(neg & (mat + epsilon > easiest_pos), as_tuple=True)
-    return a1, p, a2, n
 
 
 def lambda_factor(progress: float) -> float:

@@ -33,6 +33,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from ..errors import DmlReproError
 from ..registry import Registry
 from .arguments import pml_entry
+from .kernels import MultiSimilarityMiner
 
 LOSSES: Registry = Registry("loss")
 MINERS: Registry = Registry("miner")
@@ -306,9 +307,9 @@ def hardest_negative(args, num_classes, embedding_dim):
 def multi_similarity_miner(args, num_classes, embedding_dim):
     """MS miner (Wang et al. 2019): keep positive (i,k) if s_ik - epsilon < max_neg s_i; negative (i,k) if s_ik + epsilon > min_pos s_i.
 
-    Default epsilon 0.1 (the paper's).
+    Default epsilon 0.1 (the paper's). PML's class with a sort-free ``mine`` (:mod:`.kernels`): the same pairs.
     """
-    return pml_miners.MultiSimilarityMiner(**args)
+    return MultiSimilarityMiner(**args)
 
 
 @MINERS.register("batch_hard")
