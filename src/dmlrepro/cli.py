@@ -90,7 +90,7 @@ def cmd_table(params: dict, args) -> None:
     from .stages.table import table
 
     target = _study(params).table(args.table)
-    _report_written(params, *table(params, target, record=not args.no_mlflow), target.ref)
+    _report_written(params, *table(params, target, record=not args.no_mlflow, partial=args.partial), target.ref)
 
 
 def cmd_figure(params: dict, args) -> None:
@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, fn, text)
         p.add_argument(f"--{name}", required=True, help="PAPER/NAME as declared in workflow/papers/PAPER.yaml")
         p.add_argument("--no-mlflow", action="store_true", help="only write the files")
+        if name == "table":
+            p.add_argument("--partial", action="store_true",
+                           help="write the cells that are built, the others marked 'not built' (no MLflow record)")
     p = add("claims", cmd_claims, "test a paper's claims (paired differences, verdicts): results/claims/PAPER.*")
     p.add_argument("--paper", required=True, help="a paper of workflow/papers/ that declares claims")
     p.add_argument("--no-mlflow", action="store_true", help="only write the files")

@@ -187,3 +187,41 @@ def test_one_block_per_protocol_and_paper_reads_test_paper(tmp_path):
     assert "| Triplet | 62.5 (n=1, single run) |" in md and "## Protocol: paper" not in md
     (row,) = csv.DictReader(io.StringIO(csv_text))
     assert row["r1_ci95"] == "" and row["r1_n"] == "1" and row["run"] == run.name
+
+
+PARTIAL = """
+tables:
+  t2:
+    caption: Built column by column.
+    columns:
+      - {key: a, dataset: glyphs, metric: recall@1, header: R@1}
+      - {key: b, dataset: glyphs_sop, as: SOP, metric: recall@1, header: R@1}
+    rows:
+      - {label: Base, method: triplet, published: {a: 50.0, b: 60.0}}
+      - {label: Method, method: contrastive, published: {a: 52.0, b: 63.0}}
+    claims: [{base: Base, method: Method}]
+"""
+
+
+def test_a_partial_table_marks_the_cells_and_claims_still_to_build(tmp_path):
+    params = study_params(tmp_path, datasets=("glyphs", "glyphs_sop"), seeds=(0, 1))
+    write_paper(params, PARTIAL)
+    table = load_study(params).table("demo/t2")
+    rows = {r.label: r for r in table.rows}
+    for label, values in {"Base": (0.5, 0.6), "Method": (0.55, 0.7)}.items():
+        for run, v in zip(rows[label].runs["glyphs"], values):
+            write_metrics(params, run, test={"recall@1": v})
+    write_metrics(params, rows["Base"].runs["glyphs_sop"][0], test={"recall@1": 0.9})  # one seed of two
+    with pytest.raises(DmlReproError, match="is missing"):
+        build_table(params, table)
+    md, text, html = build_table(params, table, partial=True)
+    base = next(line for line in md.splitlines() if line.startswith("| Base |"))
+    # glyphs: (50 + 60) / 2 = 55.0, half-width 12.706 * sd(0.5, 0.6) / sqrt(2) = 0.635 -> 63.5 points (by hand)
+    assert base == "| Base | 55.0 ± 63.5 (n=2; paper 50) | not built (paper 60) |"
+    assert "A partial build" in md and "A partial build" in html
+    records = list(csv.DictReader(io.StringIO(text)))
+    assert records[0]["b_mean"] == "" and records[0]["b_n"] == "0" and records[0]["a_mean"] == "55.0"
+    claims = [line for line in md.splitlines() if line.startswith("| demo/t2")]
+    assert len(claims) == 2  # one per column
+    assert "not built" in next(c for c in claims if "glyphs_sop" in c or "SOP" in c)
+    assert "not built" not in next(c for c in claims if "SOP" not in c)

@@ -12,12 +12,17 @@ from .. import atomic
 from ..paths import table_paths
 from ..study.declarations import PROTOCOLS, Table
 from .cells import column_header, metric_value
-from .claims import claims_html, claims_markdown, table_results
+from .claims import build_command, claims_html, claims_markdown, table_results
 from .stats import format_cell, mean_ci
 
 
-def table_blocks(params: dict, table: Table) -> tuple[list[str], list[tuple[str, list[list[str]]]], list[dict]]:
-    """Headers, one (protocol, rows of cell texts) block per protocol, and the CSV records."""
+NOT_BUILT = "not built"
+
+
+def table_blocks(params: dict, table: Table, partial: bool = False
+                 ) -> tuple[list[str], list[tuple[str, list[list[str]]]], list[dict]]:
+    """Headers, one (protocol, rows of cell texts) block per protocol, and the CSV records.
+    ``partial``: a cell whose runs are not all evaluated reads *not built* instead of stopping."""
     columns = table.decl["columns"]
     headers = ["Method"] + [column_header(c) for c in columns]
     blocks, records = [], []
@@ -28,9 +33,14 @@ def table_blocks(params: dict, table: Table) -> tuple[list[str], list[tuple[str,
                                           "run": row.runs[columns[0]["dataset"]][0].name}
             for col in columns:
                 runs = row.runs[col["dataset"]]
+                published = row.published.get(col["key"])
+                if partial and not all((r.dir(params) / "metrics.json").is_file() for r in runs):
+                    cells.append(NOT_BUILT + ("" if published is None else f" (paper {published:g})"))
+                    record.update({f"{col['key']}_mean": None, f"{col['key']}_ci95": None, f"{col['key']}_n": 0,
+                                   f"{col['key']}_published": published})
+                    continue
                 values = [metric_value(params, r, protocol, col.get("split", "test"), col["metric"]) for r in runs]
                 mean, half = mean_ci(values)
-                published = row.published.get(col["key"])
                 cells.append(format_cell(mean, half, len(values), published))
                 record.update({f"{col['key']}_mean": round(100 * mean, 3),
                                f"{col['key']}_ci95": None if math.isnan(half) else round(100 * half, 3),
@@ -41,17 +51,20 @@ def table_blocks(params: dict, table: Table) -> tuple[list[str], list[tuple[str,
     return headers, blocks, records
 
 
-def _legend(table: Table) -> str:
-    return (f"Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
+def _legend(table: Table, partial: bool = False) -> str:
+    text = (f"Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
             "n = seeds per cell; 'paper' = the published number.")
+    if partial:
+        text += f" A partial build: '{NOT_BUILT}' cells have runs still to train or evaluate (`{build_command(table)}`)."
+    return text
 
 
 def _notes(table: Table) -> list[str]:
     return [" ".join(note.split()) for note in table.decl.get("notes", [])]
 
 
-def render_markdown(table: Table, headers, blocks, claims=()) -> str:
-    lines = [f"# {table.ref}", "", table.caption, "", _legend(table), ""]
+def render_markdown(table: Table, headers, blocks, claims=(), partial: bool = False) -> str:
+    lines = [f"# {table.ref}", "", table.caption, "", _legend(table, partial), ""]
     for protocol, rows in blocks:
         lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
                   "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
@@ -63,13 +76,13 @@ def render_markdown(table: Table, headers, blocks, claims=()) -> str:
     return "\n".join(lines)
 
 
-def render_html(table: Table, headers, blocks, claims=()) -> str:
+def render_html(table: Table, headers, blocks, claims=(), partial: bool = False) -> str:
     """A self-contained page (the Snakemake report shows it inline)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(table.ref)}</title><style>"
              "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
              "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child"
              "{text-align:left}th{background:#f3f3f3}</style></head><body>",
-             f"<h2>{escape(table.ref)}</h2><p>{escape(table.caption)}</p><p><small>{escape(_legend(table))}</small></p>"]
+             f"<h2>{escape(table.ref)}</h2><p>{escape(table.caption)}</p><p><small>{escape(_legend(table, partial))}</small></p>"]
     for protocol, rows in blocks:
         parts.append(f"<h3>Protocol: {escape(protocol)} ({escape(PROTOCOLS[protocol])})</h3><table><tr>"
                      + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>")
@@ -82,19 +95,21 @@ def render_html(table: Table, headers, blocks, claims=()) -> str:
     return "".join(parts) + "</body></html>\n"
 
 
-def build_table(params: dict, table: Table) -> tuple[str, str, str]:
-    """Return (markdown, csv, html) text for one declared table; values in percent."""
-    headers, blocks, records = table_blocks(params, table)
-    claims = table_results(params, table)  # the table's runs are all evaluated: every claim is built
+def build_table(params: dict, table: Table, partial: bool = False) -> tuple[str, str, str]:
+    """Return (markdown, csv, html) text for one declared table; values in percent. ``partial``:
+    cells and claims whose runs are not all evaluated say *not built* (a table built column by column)."""
+    headers, blocks, records = table_blocks(params, table, partial)
+    claims = table_results(params, table)  # a claim whose runs are not all evaluated is "not built"
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    return render_markdown(table, headers, blocks, claims), buf.getvalue(), render_html(table, headers, blocks, claims)
+    return (render_markdown(table, headers, blocks, claims, partial), buf.getvalue(),
+            render_html(table, headers, blocks, claims, partial))
 
 
-def write_table(params: dict, table: Table) -> list[Path]:
-    texts = build_table(params, table)
+def write_table(params: dict, table: Table, partial: bool = False) -> list[Path]:
+    texts = build_table(params, table, partial)
     paths = table_paths(params, table.paper, table.name)
     for path, text in zip(paths, texts):
         atomic.write_text(path, text)

@@ -6,5 +6,9 @@ from ..study.declarations import Table
 from .targets import write_and_log
 
 
-def table(params: dict, target: Table, record: bool = True) -> tuple[list, int | None]:
+def table(params: dict, target: Table, record: bool = True, partial: bool = False) -> tuple[list, int | None]:
+    """``partial``: the built cells only, the rest marked *not built*; nothing is logged to MLflow
+    (an experiment holds whole tables)."""
+    if partial:
+        return write_table(params, target, partial=True), None
     return write_and_log(params, target, write_table, record)
