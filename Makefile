@@ -43,8 +43,11 @@ fonts/.complete:
 # nav entry. NO_MKDOCS_2_WARNING silences Material's end-of-life banner, not a check.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
+# The unit tests in two processes (pytest-xdist, one file per process at a time); the integration
+# tests one at a time, as each already runs Snakemake or DVC on both cores.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/unit
+	$(BIN)/python -m pytest -q tests/integration
 	$(MKDOCS) build --strict --site-dir site
 
 docs: install
