@@ -53,9 +53,12 @@ def job_table(bench_dir: Path) -> dict:
 
 
 def compare_metrics(clone: Path, runs: str = "results/runs") -> dict:
-    """Each built metrics.json against the commit's own (git show): identical, differing, new."""
+    """Each metrics.json the build wrote (its evaluate job left a benchmark file; the others are the
+    clone's checkout) against the commit's own (git show): identical, differing, new."""
     same, differ, new = 0, [], []
-    for path in sorted((clone / runs).rglob("metrics.json")):
+    bench = clone / "results/benchmarks/evaluate"
+    for tsv in sorted(bench.rglob("*.tsv")):
+        path = clone / runs / tsv.relative_to(bench).with_suffix("") / "metrics.json"
         rel = path.relative_to(clone).as_posix()
         committed = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=clone, capture_output=True)
         if committed.returncode:
