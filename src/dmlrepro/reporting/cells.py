@@ -8,8 +8,13 @@ from ..evaluation.sets import metrics_block
 from ..study.runs import Run
 
 
+def metrics_file(params: dict, run: Run):
+    """Where the evaluate stage writes a run's metrics."""
+    return run.dir(params) / "metrics.json"
+
+
 def read_metrics(params: dict, run: Run) -> dict:
-    path = run.dir(params) / "metrics.json"
+    path = metrics_file(params, run)
     if not path.exists():
         raise DmlReproError(f"{path} is missing; run `dmlrepro evaluate --run {run.id}` (or the whole pipeline) first")
     metrics = read_json(path, "metrics file", f"dmlrepro evaluate --run {run.id}")

@@ -11,12 +11,9 @@ from pathlib import Path
 from .. import atomic
 from ..paths import table_paths
 from ..study.declarations import PROTOCOLS, Table
-from .cells import column_header, metric_value
-from .claims import build_command, claims_html, claims_markdown, table_results
+from .cells import column_header, metric_value, metrics_file
+from .claims import NOT_BUILT, build_command, claims_html, claims_markdown, table_results
 from .stats import format_cell, mean_ci
-
-
-NOT_BUILT = "not built"
 
 
 def table_blocks(params: dict, table: Table, partial: bool = False
@@ -34,7 +31,7 @@ def table_blocks(params: dict, table: Table, partial: bool = False
             for col in columns:
                 runs = row.runs[col["dataset"]]
                 published = row.published.get(col["key"])
-                if partial and not all((r.dir(params) / "metrics.json").is_file() for r in runs):
+                if partial and not all(metrics_file(params, r).is_file() for r in runs):
                     cells.append(NOT_BUILT + ("" if published is None else f" (paper {published:g})"))
                     record.update({f"{col['key']}_mean": None, f"{col['key']}_ci95": None, f"{col['key']}_n": 0,
                                    f"{col['key']}_published": published})
