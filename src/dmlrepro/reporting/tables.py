@@ -48,8 +48,35 @@ def table_blocks(params: dict, table: Table, partial: bool = False
     return headers, blocks, records
 
 
+def _values(runs, get) -> str:
+    """The distinct values of one setting over the runs, in run order ("a or b" where rows differ)."""
+    return " or ".join(dict.fromkeys(str(get(run.config)) for run in runs))
+
+
+def settings_line(table: Table) -> str:
+    """Our runs' training settings, read from their resolved configurations: the caption gives the
+    published setting, this says what ours differs in (backbone, regime, head, schedule)."""
+    runs = [run for row in table.rows for runs in row.runs.values() for run in runs
+            if "epochs" in run.config["train"]]  # the untrained frozen-backbone row has no schedule
+    if not runs:
+        return "Ours: the backbone's features, untrained."
+    frozen = {run.finetuned for run in runs} == {False}
+    model = (f"a linear head to {_values(runs, lambda c: c['train']['embedding_dim'])}-d on frozen "
+             f"{_values(runs, lambda c: c['backbone']['name'])} features" if frozen else
+             f"{_values(runs, lambda c: c['backbone']['name'])} fine-tuned end to end "
+             f"({_values(runs, lambda c: c['train']['embedding_dim'])}-d)")
+    return (f"Ours: {model}; {_values(runs, lambda c: c['train']['epochs'])} epochs of "
+            f"{_values(runs, lambda c: c['train']['iterations_per_epoch'])} iterations, batch "
+            f"{_values(runs, lambda c: c['train']['batch_size'])} "
+            f"({_values(runs, lambda c: c['train']['m_per_class'])} per class), "
+            f"{_values(runs, lambda c: c['train']['optimizer'])}, lr {_values(runs, lambda c: c['train']['lr'])}"
+            f"{' (per method)' if ' or ' in _values(runs, lambda c: c['train']['lr']) else ''}."
+            + (" Columns marked 'stand-in' are embedded datasets shaped like the named benchmark, not the"
+               " benchmark itself." if any(col.get("as") for col in table.decl["columns"]) else ""))
+
+
 def _legend(table: Table, partial: bool = False) -> str:
-    text = (f"Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
+    text = (f"{settings_line(table)} Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
             "n = seeds per cell; 'paper' = the published number.")
     if partial:
         text += f" A partial build: '{NOT_BUILT}' cells have runs still to train or evaluate (`{build_command(table)}`)."
