@@ -1,0 +1,78 @@
+"""What a declared table cost to build: per column, its runs' train and evaluate jobs, read from the
+Snakemake benchmark files (one per job) of the folder that built them.
+
+    python benchmarks/table_costs.py --build /work/wt-build iaa/table3 da/main
+
+For each table and each dataset it uses: the runs (unique), how many have both benchmark files, and
+their summed CPU and wall seconds per rule, plus the elapsed time from the first job's start to the
+last job's end (the benchmark files' modification times minus their wall seconds). Writes
+benchmarks/results/main_tables.json, one entry per table (merged with the entries already there).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+OUT = ROOT / "benchmarks/results/main_tables.json"
+
+from dmlrepro.study import load_study  # noqa: E402
+from dmlrepro.study.params import load_params  # noqa: E402
+
+
+def job(tsv: Path) -> dict | None:
+    """CPU and wall seconds of one job, and when it started and ended (epoch seconds)."""
+    if not tsv.is_file():
+        return None
+    with tsv.open() as f:
+        row = next(csv.DictReader(f, delimiter="\t"))
+    wall, end = float(row["s"]), tsv.stat().st_mtime
+    return {"cpu": float(row.get("cpu_time") or 0), "wall": wall, "start": end - wall, "end": end}
+
+
+def column_costs(build: Path, runs) -> dict:
+    bench = build / "results/benchmarks"
+    totals = {"runs": len(runs), "built": 0}
+    spans = []
+    for rule in ("train", "evaluate"):
+        jobs = [j for j in (job(bench / rule / f"{run.id}.tsv") for run in runs) if j]
+        totals[f"{rule}_jobs"] = len(jobs)
+        totals[f"{rule}_cpu_s"] = round(sum(j["cpu"] for j in jobs), 1)
+        totals[f"{rule}_wall_s"] = round(sum(j["wall"] for j in jobs), 1)
+        spans += jobs
+    totals["built"] = sum((bench / "evaluate" / f"{run.id}.tsv").is_file() for run in runs)
+    if spans:
+        totals["elapsed_min"] = round((max(j["end"] for j in spans) - min(j["start"] for j in spans)) / 60, 1)
+    return totals
+
+
+def table_costs(build: Path, ref: str) -> dict:
+    params = load_params(build / "params.yaml")
+    table = load_study(params).table(ref)
+    by_dataset: dict[str, dict] = {}
+    for row in table.rows:
+        for dataset, runs in row.runs.items():
+            by_dataset.setdefault(dataset, {})
+            for run in runs:
+                by_dataset[dataset][run.id] = run
+    return {dataset: column_costs(build, list(runs.values())) for dataset, runs in by_dataset.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", type=Path, default=ROOT, help="the checkout whose results/benchmarks built the runs")
+    ap.add_argument("tables", nargs="+", help="PAPER/NAME")
+    args = ap.parse_args(argv)
+    record = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    for ref in args.tables:
+        record[ref] = table_costs(args.build.resolve(), ref)
+        print(json.dumps({ref: record[ref]}, indent=1))
+    OUT.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
