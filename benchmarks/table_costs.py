@@ -45,6 +45,8 @@ def column_costs(build: Path, runs) -> dict:
         totals[f"{rule}_wall_s"] = round(sum(j["wall"] for j in jobs), 1)
         spans += jobs
     totals["built"] = sum((bench / "evaluate" / f"{run.id}.tsv").is_file() for run in runs)
+    if not spans:
+        return {"runs": len(runs), "note": "no job of these runs has a benchmark file here: built elsewhere or not yet"}
     if spans:
         totals["elapsed_min"] = round((max(j["end"] for j in spans) - min(j["start"] for j in spans)) / 60, 1)
     return totals
