@@ -43,11 +43,12 @@ fonts/.complete:
 # nav entry. NO_MKDOCS_2_WARNING silences Material's end-of-life banner, not a check.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-# The unit tests in two processes (pytest-xdist, one file per process at a time); the integration
-# tests one at a time, as each already runs Snakemake or DVC on both cores.
+# Both suites in two processes (pytest-xdist; --dist loadfile keeps a file, and so its module-scoped
+# build, in one process). The integration tests mostly wait on process start-up and I/O, so two files
+# at a time fit on two cores beside each other's Snakemake jobs.
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/unit
-	$(BIN)/python -m pytest -q tests/integration
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/integration
 	$(MKDOCS) build --strict --site-dir site
 
 docs: install
