@@ -48,7 +48,7 @@ MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 # at a time fit on two cores beside each other's Snakemake jobs.
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/unit
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests/integration
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=12 tests/integration
 	$(MKDOCS) build --strict --site-dir site
 
 docs: install
