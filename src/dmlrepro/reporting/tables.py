@@ -60,17 +60,15 @@ def settings_line(table: Table) -> str:
             if "epochs" in run.config["train"]]  # the untrained frozen-backbone row has no schedule
     if not runs:
         return "Ours: the backbone's features, untrained."
+    train = lambda key: _values(runs, lambda c: c["train"][key])  # noqa: E731
+    backbone = _values(runs, lambda c: c["backbone"]["name"])
     frozen = {run.finetuned for run in runs} == {False}
-    model = (f"a linear head to {_values(runs, lambda c: c['train']['embedding_dim'])}-d on frozen "
-             f"{_values(runs, lambda c: c['backbone']['name'])} features" if frozen else
-             f"{_values(runs, lambda c: c['backbone']['name'])} fine-tuned end to end "
-             f"({_values(runs, lambda c: c['train']['embedding_dim'])}-d)")
-    return (f"Ours: {model}; {_values(runs, lambda c: c['train']['epochs'])} epochs of "
-            f"{_values(runs, lambda c: c['train']['iterations_per_epoch'])} iterations, batch "
-            f"{_values(runs, lambda c: c['train']['batch_size'])} "
-            f"({_values(runs, lambda c: c['train']['m_per_class'])} per class), "
-            f"{_values(runs, lambda c: c['train']['optimizer'])}, lr {_values(runs, lambda c: c['train']['lr'])}"
-            f"{' (per method)' if ' or ' in _values(runs, lambda c: c['train']['lr']) else ''}."
+    model = (f"a linear head to {train('embedding_dim')}-d on frozen {backbone} features" if frozen else
+             f"{backbone} fine-tuned end to end ({train('embedding_dim')}-d)")
+    lr = train("lr")
+    return (f"Ours: {model}; {train('epochs')} epochs of {train('iterations_per_epoch')} iterations, batch "
+            f"{train('batch_size')} ({train('m_per_class')} per class), {train('optimizer')}, lr {lr}"
+            f"{' (per method)' if ' or ' in lr else ''}."
             + (" Columns marked 'stand-in' are embedded datasets shaped like the named benchmark, not the"
                " benchmark itself." if any(col.get("as") for col in table.decl["columns"]) else ""))
 
