@@ -5,7 +5,8 @@ Snakemake benchmark files (one per job) of the folder that built them.
 
 For each table and each dataset it uses: the runs (unique), how many have both benchmark files, and
 their summed CPU and wall seconds per rule, plus the elapsed time from the first job's start to the
-last job's end (the benchmark files' modification times minus their wall seconds). Writes
+last job's end (the benchmark files' modification times minus their wall seconds), and the dataset's
+prepare and extract jobs where this folder ran them (once per dataset: shared by its tables). Writes
 benchmarks/results/main_tables.json, one entry per table (merged with the entries already there).
 """
 from __future__ import annotations
@@ -47,8 +48,14 @@ def column_costs(build: Path, runs) -> dict:
     totals["built"] = sum((bench / "evaluate" / f"{run.id}.tsv").is_file() for run in runs)
     if not spans:
         return {"runs": len(runs), "note": "no job of these runs has a benchmark file here: built elsewhere or not yet"}
-    if spans:
-        totals["elapsed_min"] = round((max(j["end"] for j in spans) - min(j["start"] for j in spans)) / 60, 1)
+    totals["elapsed_min"] = round((max(j["end"] for j in spans) - min(j["start"] for j in spans)) / 60, 1)
+    # the one-off jobs the column's runs stand on; every table on the same dataset shares them
+    once = {"prepare": [job(bench / f"prepare/{runs[0].dataset}.tsv")],
+            "extract": [job(bench / f"extract/{fs}.tsv") for fs in sorted({run.features.id for run in runs})]}
+    for rule, jobs in once.items():
+        if jobs := [j for j in jobs if j]:
+            totals[f"{rule}_cpu_s"] = round(sum(j["cpu"] for j in jobs), 1)
+            totals[f"{rule}_wall_s"] = round(sum(j["wall"] for j in jobs), 1)
     return totals
 
 
