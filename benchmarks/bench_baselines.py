@@ -16,6 +16,8 @@ grid, all on seed 0 and the features params.yaml builds (prepared and extracted 
 
     python benchmarks/bench_baselines.py                 # ~25 minutes on 2 cores
     python benchmarks/bench_baselines.py --stage convergence --epochs 20
+    python benchmarks/bench_baselines.py --stage convergence --epochs 40 --dataset glyphs_sop \
+        --methods triplet_hardest triplet_iaa --out benchmarks/results/convergence_large.json
 
 Writes benchmarks/results/baselines.json (committed: it documents params.yaml's choices).
 """
@@ -50,11 +52,11 @@ def schedule(epochs: int) -> dict:
 
 def _train(job: tuple) -> dict:
     """Train one configuration on seed 0; its validation curve (no test split is read)."""
-    params, method, overrides, tag = job
+    params, dataset, method, overrides, tag = job
     from dmlrepro.study.runs import RunPaths, resolve_run
     from dmlrepro.training.frozen import train_frozen
 
-    run = resolve_run(params, "glyphs", method, 0, [("benchmark", overrides, overrides)])
+    run = resolve_run(params, dataset, method, 0, [("benchmark", overrides, overrides)])
     out = Path(params["paths"]["runs"]) / tag
     t0 = time.time()
     train_frozen(run, RunPaths.of(params, run, out), "cpu")
@@ -66,23 +68,23 @@ def _train(job: tuple) -> dict:
             "seconds": round(time.time() - t0, 1)}
 
 
-def _run_all(params: dict, jobs: list, workers: int) -> list:
+def _run_all(params: dict, dataset: str, jobs: list, workers: int) -> list:
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_train, [(params, m, o, f"{i:03d}-{m}") for i, (m, o) in enumerate(jobs)]))
+        results = list(pool.map(_train, [(params, dataset, m, o, f"{i:03d}-{m}") for i, (m, o) in enumerate(jobs)]))
     for r in results:
         print(f"  {r['method']:18s} {json.dumps(r['overrides'], sort_keys=True):80s} best val R@1 {r['best']:.2f} "
               f"(epoch {r['best_epoch']}, last-3 spread {r['last3_spread']:.2f}) {r['seconds']:.0f} s", flush=True)
     return results
 
 
-def _ensure_features(params_file: Path, params: dict) -> None:
-    from dmlrepro.study import load_study
+def _ensure_features(params_file: Path, params: dict, dataset: str, methods: list) -> None:
+    from dmlrepro.study.runs import resolve_run
 
-    feats = {r.features.id: r.features for r in load_study(params).runs.values() if r.dataset == "glyphs"}
+    feats = {run.features.id: run.features for run in (resolve_run(params, dataset, m, 0, []) for m in methods)}
     for fid, feat in feats.items():
         if not feat.path(params).exists():
-            if not (Path(params["paths"]["data"]) / "glyphs" / "manifest.csv").exists():
-                subprocess.run(["dmlrepro", "--params", str(params_file), "prepare", "--dataset", "glyphs"], check=True)
+            if not (Path(params["paths"]["data"]) / dataset / "manifest.csv").exists():
+                subprocess.run(["dmlrepro", "--params", str(params_file), "prepare", "--dataset", dataset], check=True)
             subprocess.run(["dmlrepro", "--params", str(params_file), "extract", "--features", fid], check=True)
 
 
@@ -91,7 +93,9 @@ def main() -> None:
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
-    ap.add_argument("--methods", nargs="+", default=list(BASELINES))
+    ap.add_argument("--methods", nargs="+", default=list(BASELINES),
+                    help="any method of params.yaml; the lr and settings stages need the baselines'")
+    ap.add_argument("--dataset", default="glyphs", help="a dataset of params.yaml (its validation split is used)")
     ap.add_argument("--stage", choices=("all", "lr", "settings", "convergence"), default="all")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tolerance", type=float, default=0.3, help="val R@1 points a per-method lr must gain")
@@ -102,10 +106,12 @@ def main() -> None:
 
     params_file = Path(args.params)
     params = load_params(params_file)
-    _ensure_features(params_file, params)
+    _ensure_features(params_file, params, args.dataset, args.methods)
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
-    report.update({"features": str(Path(params["paths"]["features"]) / "glyphs"),
+    if args.dataset == "glyphs":
+        report["features"] = str(Path(params["paths"]["features"]) / "glyphs")
+    report.update({
                    "protocol": "seed 0, selection on validation R@1 (%); the test split is never read"})
     with tempfile.TemporaryDirectory(prefix="bench-baselines-") as tmp:
         params = copy.deepcopy(params)
@@ -116,8 +122,8 @@ def main() -> None:
 
         if args.stage in ("all", "lr"):
             print(f"stage lr: {args.methods} x lr {args.lrs}, {args.epochs} epochs", flush=True)
-            results = _run_all(params, [(m, {**base, "train.lr": lr}) for m in args.methods for lr in args.lrs],
-                               args.workers)
+            jobs = [(m, {**base, "train.lr": lr}) for m in args.methods for lr in args.lrs]
+            results = _run_all(params, args.dataset, jobs, args.workers)
             report["lr"] = {"epochs": args.epochs, "runs": results}
             score = {(r["method"], r["overrides"]["train.lr"]): r["best"] for r in results}
             shared = max(args.lrs, key=lambda lr: sum(score[m, lr] for m in args.methods))
@@ -135,7 +141,7 @@ def main() -> None:
                 key, values = SETTINGS[m]
                 jobs += [(m, {**base, "train.lr": chosen[m]["train.lr"], key: v}) for v in values]
             print(f"stage settings: {len(jobs)} runs", flush=True)
-            results = _run_all(params, jobs, args.workers)
+            results = _run_all(params, args.dataset, jobs, args.workers)
             report["settings"] = {"epochs": args.epochs, "runs": results}
             for m in args.methods:
                 key, (paper, *_) = SETTINGS[m]
@@ -145,16 +151,19 @@ def main() -> None:
                 chosen[m][key] = best["overrides"][key] if best["best"] - at_paper["best"] > args.tolerance else paper
 
         if args.stage in ("all", "convergence"):
-            settings = {m: {k: v for k, v in chosen[m].items() if k not in schedule(1)} for m in args.methods}
+            # a method the lr/settings stages did not choose for runs at params.yaml's own settings
+            settings = {m: {k: v for k, v in chosen.get(m, {}).items() if k not in schedule(1)}
+                        for m in args.methods}
             jobs = [(m, {**schedule(e), **settings[m]})
                     for m in args.methods for e in (args.epochs, 2 * args.epochs)]
             print(f"stage convergence: {args.epochs} and {2 * args.epochs} epochs", flush=True)
-            results = _run_all(params, jobs, args.workers)
-            convergence = report.setdefault("convergence", {})[f"{args.epochs} epochs"] = {}
+            results = _run_all(params, args.dataset, jobs, args.workers)
+            key = f"{args.epochs} epochs" + ("" if args.dataset == "glyphs" else f", {args.dataset}")
+            convergence = report.setdefault("convergence", {})[key] = {}
             for m in args.methods:
                 single, double = [r for r in results if r["method"] == m]
                 convergence[m] = {
-                    "chosen": chosen[m], "best": single["best"], "best_epoch": single["best_epoch"],
+                    "chosen": chosen.get(m, {}), "best": single["best"], "best_epoch": single["best_epoch"],
                     "last3_spread": single["last3_spread"], "plateaued": single["last3_spread"] <= 0.3,
                     "doubled_best": double["best"], "doubled_best_epoch": double["best_epoch"],
                     "doubling_gain": round(double["best"] - single["best"], 2),
