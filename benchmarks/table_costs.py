@@ -35,6 +35,11 @@ def job(tsv: Path) -> dict | None:
     return {"cpu": float(row.get("cpu_time") or 0), "wall": wall, "start": end - wall, "end": end}
 
 
+def add_seconds(totals: dict, rule: str, jobs: list) -> None:
+    totals[f"{rule}_cpu_s"] = round(sum(j["cpu"] for j in jobs), 1)
+    totals[f"{rule}_wall_s"] = round(sum(j["wall"] for j in jobs), 1)
+
+
 def column_costs(build: Path, runs) -> dict:
     bench = build / "results/benchmarks"
     totals = {"runs": len(runs), "built": 0}
@@ -42,8 +47,7 @@ def column_costs(build: Path, runs) -> dict:
     for rule in ("train", "evaluate"):
         jobs = [j for j in (job(bench / rule / f"{run.id}.tsv") for run in runs) if j]
         totals[f"{rule}_jobs"] = len(jobs)
-        totals[f"{rule}_cpu_s"] = round(sum(j["cpu"] for j in jobs), 1)
-        totals[f"{rule}_wall_s"] = round(sum(j["wall"] for j in jobs), 1)
+        add_seconds(totals, rule, jobs)
         spans += jobs
     totals["built"] = sum((bench / "evaluate" / f"{run.id}.tsv").is_file() for run in runs)
     if not spans:
@@ -54,8 +58,7 @@ def column_costs(build: Path, runs) -> dict:
             "extract": [job(bench / f"extract/{fs}.tsv") for fs in sorted({run.features.id for run in runs})]}
     for rule, jobs in once.items():
         if jobs := [j for j in jobs if j]:
-            totals[f"{rule}_cpu_s"] = round(sum(j["cpu"] for j in jobs), 1)
-            totals[f"{rule}_wall_s"] = round(sum(j["wall"] for j in jobs), 1)
+            add_seconds(totals, rule, jobs)
     return totals
 
 
