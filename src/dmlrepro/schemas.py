@@ -26,6 +26,8 @@ def generated_params_schema(current: dict) -> dict:
     # a method's own training settings (e.g. its tuned lr): any train key, none required
     method["train"] = {"type": "object", "additionalProperties": False,
                        "properties": copy.deepcopy(schema["properties"]["train"]["properties"])}
+    # a dataset's own training settings (the schedule its size needs): the same keys, per dataset name
+    schema["properties"]["train_per_dataset"]["additionalProperties"] = copy.deepcopy(method["train"])
     dataset = schema["$defs"]["dataset"]
     dataset["properties"]["kind"]["enum"] = DATASETS.names()
     dataset["allOf"] = [

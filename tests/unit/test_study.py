@@ -737,6 +737,56 @@ def test_a_methods_train_block_is_checked_by_the_schema(params):
         validate_params(params)
 
 
+def test_a_datasets_own_train_settings_apply_to_its_runs_over_the_methods_and_below_declarations(tmp_path):
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
+    params["methods"]["triplet"]["train"] = {"lr": 3.0e-3, "epochs": 60}
+    params["train_per_dataset"] = {"large": {"epochs": 80, "lr_milestones": [48, 64]}}
+    large, small = _run(params, dataset="large"), _run(params)
+    assert (large.config["train"]["epochs"], large.config["train"]["lr_milestones"]) == (80, [48, 64])
+    assert large.config["train"]["lr"] == 3.0e-3  # the method's own lr stays
+    assert small.config["train"]["epochs"] == 60 and small.config["train"]["lr_milestones"] == \
+        params["train"]["lr_milestones"]  # the other dataset keeps the method's and params.yaml's
+    assert _run(params, dataset="large", **{"train.epochs": 5, "train.lr_milestones": [3]}).config["train"]["epochs"] == 5
+    assert large.name == small.name == "triplet"  # a params.yaml value never names a run...
+    params["train_per_dataset"] = {}
+    assert _run(params, dataset="large").hash != large.hash  # ...but it is part of what the run is
+    assert _run(params, dataset="large").features.hash == large.features.hash  # not of its features
+
+
+def test_dvc_params_of_a_run_follow_its_datasets_own_train_settings(tmp_path):
+    from dmlrepro.study.dvc_yaml import _run_params
+
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
+    params["methods"]["triplet"]["train"] = {"epochs": 60, "lr": 3.0e-3}
+    params["train_per_dataset"] = {"large": {"epochs": 80}}
+    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
+                "              {key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: T, method: triplet}]\n")
+    row = load_study(params).table("demo/t").rows[0]
+    large, small = row.runs["large"][0], row.runs["glyphs"][0]
+    study = load_study(params)
+    large_keys, small_keys = _run_params(params, study, large), _run_params(params, study, small)
+    assert "train_per_dataset.large.epochs" in large_keys
+    assert "methods.triplet.train.epochs" not in large_keys and "train.epochs" not in large_keys
+    assert "methods.triplet.train.lr" in large_keys  # the method's own lr still applies
+    assert "methods.triplet.train.epochs" in small_keys and not any(k.startswith("train_per_dataset") for k in small_keys)
+
+
+@pytest.mark.parametrize("per_dataset, expected", [
+    ({"nosuch": {"epochs": 80}}, "train_per_dataset.nosuch: 'nosuch' is not a params.yaml dataset"),
+    ({"glyphs": {"epochz": 80}}, "unknown key train_per_dataset.glyphs.epochz"),
+    ({"glyphs": {"epochs": 2}}, r"train_per_dataset.glyphs \(over train:\): lr_milestones: epoch"),
+])
+def test_a_datasets_train_settings_are_checked_when_params_yaml_is_read(params, per_dataset, expected):
+    from dmlrepro.study.params import validate_params
+
+    params["train"]["lr_milestones"] = [3]
+    params["train"]["epochs"] = 4
+    params["train_per_dataset"] = per_dataset
+    with pytest.raises(DmlReproError, match=expected):
+        validate_params(params)
+
+
 def test_a_column_moves_onto_the_real_benchmark_when_its_root_is_set(tmp_path):
     """Stand-in by default, labelled as such; the user's copy of the real benchmark once its root is set."""
     from dmlrepro.reporting.cells import column_header

@@ -43,6 +43,21 @@ def _cross_reference_problems(params: dict) -> list[str]:
     problems += _selection_problems(train_settings(params["train"]), params["evaluation"])
     problems += _method_build_problems(params)
     problems += _class_size_problems(params)
+    problems += _train_per_dataset_problems(params)
+    return problems
+
+
+def _train_per_dataset_problems(params: dict) -> list[str]:
+    """A dataset's own training settings name a defined dataset and, over `train:`, still make a
+    valid schedule (e.g. its lr_milestones below its epochs)."""
+    problems = []
+    for name, overrides in (params.get("train_per_dataset") or {}).items():
+        where = f"train_per_dataset.{name}"
+        if name not in params["datasets"]:
+            problems.append(f"{where}: {name!r} is not a params.yaml dataset (datasets: {', '.join(params['datasets'])})")
+            continue
+        problems += [f"{where} (over train:): {p}"
+                     for p in _train_problems(train_settings({**params["train"], **overrides}))]
     return problems
 
 
@@ -75,11 +90,12 @@ def _method_build_problems(params: dict) -> list[str]:
 def _class_size_problems(params: dict) -> list[str]:
     """m_per_class above the smallest training class of a prepared dataset (checked when its manifest
     exists; the sampler refuses it at train time otherwise)."""
-    m = params["train"]["m_per_class"]
-    if train_settings(params["train"]).sample_with_replacement:
-        return []
     problems = []
     for name in params["datasets"]:
+        train = train_settings({**params["train"], **(params.get("train_per_dataset") or {}).get(name, {})})
+        m = train.m_per_class
+        if train.sample_with_replacement:
+            continue
         counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv")
         if counts and min(counts.values()) < m:
             smallest = min(counts, key=counts.get)

@@ -153,6 +153,8 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
                             f"(defined under methods: {', '.join(params['methods'])})")
     method_cfg = _with_wrapper_defaults(dict(params["methods"][method]), method)
     method_train = method_cfg.pop("train", {})  # a method's own training settings (its tuned lr)
+    # then the dataset's own (the schedule its size needs to converge): over the method's, whose lr stays
+    dataset_train = (params.get("train_per_dataset") or {}).get(dataset, {})
     return copy.deepcopy({
         "dataset": dataset,
         "data": params["datasets"][dataset],
@@ -161,7 +163,7 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
         "extract": params["extract"],
         "finetune": params.get("finetune", {}),
         "method": {"name": method, **method_cfg},
-        "train": {**params["train"], **method_train},
+        "train": {**params["train"], **method_train, **dataset_train},
         "evaluation": {"ks": dataset_ks(params, dataset)},
     })
 
