@@ -49,9 +49,10 @@ def tiny_params(methods=None, seeds=(0, 1)) -> dict:
     params["seeds"] = list(seeds)
     params["tables"] = [t for t in params["tables"] if t.startswith("baselines/")]  # methods' tables: own tests
     params["methods"] = {m: params["methods"][m] for m in methods or params["methods"]}
-    for method in params["methods"].values():  # a method's own schedule is shrunk too; its own lr stays
+    # a method's and a dataset's own schedule are shrunk too; a method's own lr stays
+    for train in [m.get("train", {}) for m in params["methods"].values()] + list(params["train_per_dataset"].values()):
         for key in ("epochs", "lr_milestones", "iterations_per_epoch", "batch_size", "m_per_class", "threads"):
-            method.get("train", {}).pop(key, None)
+            train.pop(key, None)
     return params
 
 

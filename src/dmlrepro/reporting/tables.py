@@ -66,11 +66,26 @@ def settings_line(table: Table) -> str:
     model = (f"a linear head to {train('embedding_dim')}-d on frozen {backbone} features" if frozen else
              f"{backbone} fine-tuned end to end ({train('embedding_dim')}-d)")
     lr = train("lr")
-    return (f"Ours: {model}; {train('epochs')} epochs of {train('iterations_per_epoch')} iterations, batch "
+    return (f"Ours: {model}; {_epochs(runs)} of {train('iterations_per_epoch')} iterations, batch "
             f"{train('batch_size')} ({train('m_per_class')} per class), {train('optimizer')}, lr {lr}"
             f"{' (per method)' if ' or ' in lr else ''}."
             + (" Columns marked 'stand-in' are embedded datasets shaped like the named benchmark, not the"
                " benchmark itself." if any(col.get("as") for col in table.decl["columns"]) else ""))
+
+
+def _epochs(runs) -> str:
+    """The schedule's length: the most runs' value, then where it differs, by dataset (its
+    train_per_dataset) or by method (its own train block): "40 epochs (80 on glyphs_sop; 60 for proxy_anchor)"."""
+    epochs = [run.config["train"]["epochs"] for run in runs]
+    usual = max(dict.fromkeys(epochs), key=epochs.count)
+    by_dataset: dict = {}
+    for run in runs:
+        by_dataset.setdefault(run.dataset, set()).add(run.config["train"]["epochs"])
+    datasets = {d: v.pop() for d, v in by_dataset.items() if len(v) == 1 and usual not in v}
+    methods = {run.method: run.config["train"]["epochs"] for run in runs
+               if run.dataset not in datasets and run.config["train"]["epochs"] != usual}
+    unusual = [f"{e} on {d}" for d, e in datasets.items()] + [f"{e} for {m}" for m, e in methods.items()]
+    return f"{usual} epochs" + (f" ({'; '.join(unusual)})" if unusual else "")
 
 
 def _legend(table: Table, partial: bool = False) -> str:
