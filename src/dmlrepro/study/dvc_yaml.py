@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from .declarations import Study
-from .runs import NON_SEMANTIC, TRAINING_FREE_LOSSES, Run, flatten, ks_source
+from .runs import NON_SEMANTIC, TRAINING_FREE_LOSSES, Run, dataset_train, flatten, ks_source
 from .stages import (STAGES, claims_inputs, claims_outputs, claims_papers, run_files, run_input,
                      selected_outputs, stage_modules, target_inputs, target_outputs)
 
@@ -56,12 +56,12 @@ def _run_params(params: Mapping[str, Any], study: Study, run: Run) -> list:
                   *([f"weights.{run.backbone}"] if run.backbone in (params.get("weights") or {}) else []),
                   *open_(flatten(method), "method.", f"methods.{run.method}.")]
     if run.config["method"].get("loss") not in TRAINING_FREE_LOSSES:
-        dataset_train = (params.get("train_per_dataset") or {}).get(run.dataset, {})
+        own_dataset = dataset_train(params, run.dataset)
         train_keys = [k.split(".", 1)[1] for k in _semantic_keys(params, "train")]
-        keys += open_([k for k in train_keys if k not in own_train and k not in dataset_train], "train.", "train.")
-        keys += open_([k for k in own_train if k not in NON_SEMANTIC["train"] and k not in dataset_train], "train.",
+        keys += open_([k for k in train_keys if k not in own_train and k not in own_dataset], "train.", "train.")
+        keys += open_([k for k in own_train if k not in NON_SEMANTIC["train"] and k not in own_dataset], "train.",
                       f"methods.{run.method}.train.")
-        keys += open_([k for k in dataset_train if k not in NON_SEMANTIC["train"]], "train.",
+        keys += open_([k for k in own_dataset if k not in NON_SEMANTIC["train"]], "train.",
                       f"train_per_dataset.{run.dataset}.")
     keys += open_(["test_every_epoch"] if "test_every_epoch" in params["evaluation"] else [],
                   "evaluation.", "evaluation.")

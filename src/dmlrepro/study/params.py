@@ -13,6 +13,7 @@ import yaml
 from ..config import DEFAULT_PARAMS, describe, schema, schema_problems
 from ..errors import DmlReproError
 from ..paths import dataset_dir
+from .runs import dataset_train
 from .settings import TrainSettings, section_settings
 
 
@@ -92,7 +93,7 @@ def _class_size_problems(params: dict) -> list[str]:
     exists; the sampler refuses it at train time otherwise)."""
     problems = []
     for name in params["datasets"]:
-        train = train_settings({**params["train"], **(params.get("train_per_dataset") or {}).get(name, {})})
+        train = train_settings({**params["train"], **dataset_train(params, name)})
         m = train.m_per_class
         if train.sample_with_replacement:
             continue

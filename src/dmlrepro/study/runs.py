@@ -153,8 +153,6 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
                             f"(defined under methods: {', '.join(params['methods'])})")
     method_cfg = _with_wrapper_defaults(dict(params["methods"][method]), method)
     method_train = method_cfg.pop("train", {})  # a method's own training settings (its tuned lr)
-    # then the dataset's own (the schedule its size needs to converge): over the method's, whose lr stays
-    dataset_train = (params.get("train_per_dataset") or {}).get(dataset, {})
     return copy.deepcopy({
         "dataset": dataset,
         "data": params["datasets"][dataset],
@@ -163,9 +161,15 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
         "extract": params["extract"],
         "finetune": params.get("finetune", {}),
         "method": {"name": method, **method_cfg},
-        "train": {**params["train"], **method_train, **dataset_train},
+        # then the dataset's own (the schedule its size needs to converge): over the method's, whose lr stays
+        "train": {**params["train"], **method_train, **dataset_train(params, dataset)},
         "evaluation": {"ks": dataset_ks(params, dataset)},
     })
+
+
+def dataset_train(params: Mapping[str, Any], dataset: str) -> dict:
+    """A dataset's own training settings (params.yaml's `train_per_dataset`); {} when it has none."""
+    return dict((params.get("train_per_dataset") or {}).get(dataset) or {})
 
 
 def _with_wrapper_defaults(method_cfg: dict, method: str) -> dict:
