@@ -7,7 +7,8 @@ For each table and each dataset it uses: the runs (unique), how many have both b
 their summed CPU and wall seconds per rule, plus the elapsed time from the first job's start to the
 last job's end (the benchmark files' modification times minus their wall seconds), and the dataset's
 prepare and extract jobs where this folder ran them (once per dataset: shared by its tables). Writes
-benchmarks/results/main_tables.json, one entry per table (merged with the entries already there).
+benchmarks/results/main_tables.json, one entry per table, merged with the entries already there:
+a column no job of this folder built keeps the figures recorded for it (a column rebuilt elsewhere).
 """
 from __future__ import annotations
 
@@ -81,7 +82,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     record = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for ref in args.tables:
-        record[ref] = table_costs(args.build.resolve(), ref)
+        # a column this checkout did not build keeps the figures another build recorded for it
+        kept = record.get(ref, {})
+        record[ref] = {column: cost if cost.get("built") or column not in kept else kept[column]
+                       for column, cost in table_costs(args.build.resolve(), ref).items()}
         print(json.dumps({ref: record[ref]}, indent=1))
     OUT.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
