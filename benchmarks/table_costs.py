@@ -8,7 +8,8 @@ their summed CPU and wall seconds per rule, plus the elapsed time from the first
 last job's end (the benchmark files' modification times minus their wall seconds), and the dataset's
 prepare and extract jobs where this folder ran them (once per dataset: shared by its tables). Writes
 benchmarks/results/main_tables.json, one entry per table, merged with the entries already there:
-a column no job of this folder built keeps the figures recorded for it (a column rebuilt elsewhere).
+a column no job of this folder built, or built at other settings than this checkout's, keeps the
+figures recorded for it.
 """
 from __future__ import annotations
 
@@ -63,16 +64,26 @@ def column_costs(build: Path, runs) -> dict:
     return totals
 
 
-def table_costs(build: Path, ref: str) -> dict:
-    params = load_params(build / "params.yaml")
-    table = load_study(params).table(ref)
+def table_runs(params: dict, ref: str) -> dict[str, dict]:
+    """dataset -> {run id: run} of one table (runs shared by rows counted once)."""
     by_dataset: dict[str, dict] = {}
-    for row in table.rows:
+    for row in load_study(params).table(ref).rows:
         for dataset, runs in row.runs.items():
-            by_dataset.setdefault(dataset, {})
-            for run in runs:
-                by_dataset[dataset][run.id] = run
-    return {dataset: column_costs(build, list(runs.values())) for dataset, runs in by_dataset.items()}
+            by_dataset.setdefault(dataset, {}).update({run.id: run for run in runs})
+    return by_dataset
+
+
+def table_costs(build: Path, ref: str) -> dict:
+    built_as = table_runs(load_params(build / "params.yaml"), ref)
+    current = table_runs(load_params(ROOT / "params.yaml"), ref)
+    costs = {}
+    for dataset, runs in built_as.items():
+        # a folder that built a column at other settings (e.g. a shorter schedule) does not cost this one
+        if any(run.hash != current[dataset][rid].hash for rid, run in runs.items()):
+            costs[dataset] = {"runs": len(runs), "note": "built there at other settings than this checkout's"}
+        else:
+            costs[dataset] = column_costs(build, list(runs.values()))
+    return costs
 
 
 def main(argv=None) -> None:

@@ -27,7 +27,10 @@ def generated_params_schema(current: dict) -> dict:
     method["train"] = {"type": "object", "additionalProperties": False,
                        "properties": copy.deepcopy(schema["properties"]["train"]["properties"])}
     # a dataset's own training settings (the schedule its size needs): the same keys, per dataset name
-    schema["properties"]["train_per_dataset"]["additionalProperties"] = copy.deepcopy(method["train"])
+    # (no `threads`: how many a training job gets is the machine's, set once in `train:`)
+    per_dataset = copy.deepcopy(method["train"])
+    del per_dataset["properties"]["threads"]
+    schema["properties"]["train_per_dataset"]["additionalProperties"] = per_dataset
     dataset = schema["$defs"]["dataset"]
     dataset["properties"]["kind"]["enum"] = DATASETS.names()
     dataset["allOf"] = [

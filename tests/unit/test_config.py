@@ -157,3 +157,10 @@ def test_m_per_class_above_the_smallest_prepared_class(params, tmp_path):
     assert "class 'B' has 3 images" in msg and "sample_with_replacement" in msg
     params["train"]["sample_with_replacement"] = True
     validate_params(params)
+    params["train_per_dataset"] = {"glyphs": {"sample_with_replacement": False}}  # the dataset's own wins...
+    assert "train.m_per_class: 4 is larger" in _error(params)
+    params["train"]["sample_with_replacement"] = False
+    params["train_per_dataset"] = {"glyphs": {"m_per_class": 2, "batch_size": 16}}  # ...also when it fixes it
+    validate_params(params)
+    params["train_per_dataset"] = {"glyphs": {"m_per_class": 8, "batch_size": 16}}  # and the message names it
+    assert "train_per_dataset.glyphs.m_per_class: 8 is larger than the smallest training class" in _error(params)

@@ -787,6 +787,18 @@ def test_a_datasets_train_settings_are_checked_when_params_yaml_is_read(params, 
         validate_params(params)
 
 
+def test_a_datasets_schedule_is_checked_over_each_methods_own_block(params):
+    from dmlrepro.study.params import validate_params
+
+    params["methods"]["triplet"]["train"] = {"epochs": 6, "lr_milestones": [4]}
+    params["train_per_dataset"] = {"glyphs": {"epochs": 3}}  # fine over train: (milestone 1), not over triplet's 4
+    with pytest.raises(DmlReproError) as info:
+        validate_params(params)
+    assert "train_per_dataset.glyphs (over methods.triplet.train): lr_milestones: epoch 4 is not below epochs (3)" \
+        in str(info.value)
+    assert "over train:" not in str(info.value)
+
+
 def test_a_column_moves_onto_the_real_benchmark_when_its_root_is_set(tmp_path):
     """Stand-in by default, labelled as such; the user's copy of the real benchmark once its root is set."""
     from dmlrepro.reporting.cells import column_header

@@ -103,19 +103,24 @@ def test_the_legend_names_our_training_settings_read_from_the_runs(params):
     assert "stand-in" not in md  # no column of demo/t1 stands in for a benchmark
 
 
-def test_the_legend_says_which_datasets_and_methods_train_for_another_number_of_epochs(tmp_path):
+def test_the_legend_says_which_datasets_and_rows_train_for_another_number_of_epochs(tmp_path):
     from dmlrepro.reporting.tables import settings_line
 
-    params = study_params(tmp_path, datasets=("glyphs", "mid", "large"))
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
     params["methods"]["contrastive"]["train"] = {"epochs": 3}
     params["train_per_dataset"] = {"large": {"epochs": 5}}
     write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
-                "              {key: b, dataset: mid, metric: recall@1}, {key: c, dataset: large, metric: recall@1}]\n"
-                "    rows: [{label: T, method: triplet}, {label: N, method: npair}, {label: C, method: contrastive}]\n")
-    # 2 epochs (tiny_params) for most runs, contrastive's own 3 on glyphs and mid, every method 5 on large
-    assert "; 2 epochs (5 on large; 3 for contrastive) of 3 iterations," in settings_line(load_study(params).table("demo/t"))
+                "              {key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: T, method: triplet}, {label: N, method: npair}, {label: C, method: contrastive},\n"
+                "           {label: T9, method: triplet, overrides: {train.epochs: 9}}]\n")
+    # by hand: on glyphs T and N train tiny_params' 2, C its own 3, T9 its declared 9; on large every
+    # row trains the dataset's 5 but T9, whose declaration wins (9)
+    line = settings_line(params, load_study(params).table("demo/t"))
+    assert "; 2 epochs (5 on large; 3 for C; 9 for T9) of 3 iterations," in line
     params["train_per_dataset"] = {}
-    assert "; 2 epochs (3 for contrastive) of 3 iterations," in settings_line(load_study(params).table("demo/t"))
+    assert "; 2 epochs (3 for C; 9 for T9) of 3 iterations," in settings_line(params, load_study(params).table("demo/t"))
+    params["train"]["epochs"] = 3  # most runs (C's and T9's are few): the usual value is the runs', not params.yaml's alone
+    assert "; 3 epochs (9 for T9) of 3 iterations," in settings_line(params, load_study(params).table("demo/t"))
 
 
 def test_write_table_writes_markdown_csv_and_html(params):

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import atomic
 from ..paths import table_paths
 from ..study.declarations import PROTOCOLS, Table
+from ..study.runs import dataset_train
 from .cells import column_header, metric_value, metrics_file
 from .claims import NOT_BUILT, build_command, claims_html, claims_markdown, table_results
 from .stats import format_cell, mean_ci
@@ -53,7 +54,7 @@ def _values(runs, get) -> str:
     return " or ".join(dict.fromkeys(str(get(run.config)) for run in runs))
 
 
-def settings_line(table: Table) -> str:
+def settings_line(params: dict, table: Table) -> str:
     """Our runs' training settings, read from their resolved configurations: the caption gives the
     published setting, this says what ours differs in (backbone, regime, head, schedule)."""
     runs = [run for row in table.rows for runs in row.runs.values() for run in runs
@@ -66,30 +67,37 @@ def settings_line(table: Table) -> str:
     model = (f"a linear head to {train('embedding_dim')}-d on frozen {backbone} features" if frozen else
              f"{backbone} fine-tuned end to end ({train('embedding_dim')}-d)")
     lr = train("lr")
-    return (f"Ours: {model}; {_epochs(runs)} of {train('iterations_per_epoch')} iterations, batch "
+    return (f"Ours: {model}; {_epochs(params, table)} of {train('iterations_per_epoch')} iterations, batch "
             f"{train('batch_size')} ({train('m_per_class')} per class), {train('optimizer')}, lr {lr}"
             f"{' (per method)' if ' or ' in lr else ''}."
             + (" Columns marked 'stand-in' are embedded datasets shaped like the named benchmark, not the"
                " benchmark itself." if any(col.get("as") for col in table.decl["columns"]) else ""))
 
 
-def _epochs(runs) -> str:
-    """The schedule's length: the most runs' value, then where it differs, by dataset (its
-    train_per_dataset) or by method (its own train block): "40 epochs (80 on glyphs_sop; 60 for proxy_anchor)"."""
-    epochs = [run.config["train"]["epochs"] for run in runs]
-    usual = max(dict.fromkeys(epochs), key=epochs.count)
-    by_dataset: dict = {}
-    for run in runs:
-        by_dataset.setdefault(run.dataset, set()).add(run.config["train"]["epochs"])
-    datasets = {d: v.pop() for d, v in by_dataset.items() if len(v) == 1 and usual not in v}
-    methods = {run.method: run.config["train"]["epochs"] for run in runs
-               if run.dataset not in datasets and run.config["train"]["epochs"] != usual}
-    unusual = [f"{e} on {d}" for d, e in datasets.items()] + [f"{e} for {m}" for m, e in methods.items()]
-    return f"{usual} epochs" + (f" ({'; '.join(unusual)})" if unusual else "")
+def _epochs(params: dict, table: Table) -> str:
+    """The schedule's length: the usual one, then the datasets with their own (train_per_dataset) and
+    the rows that differ from their dataset's (a method's own block, a declared override):
+    "40 epochs (80 on glyphs_sop, glyphs_vehicleid; 60 for Proxy-Anchor)"."""
+    trained = [(row.label, dataset, run.config["train"]["epochs"]) for row in table.rows
+               for dataset, runs in row.runs.items() for run in runs if "epochs" in run.config["train"]]
+    own = {d: dataset_train(params, d)["epochs"] for d in dict.fromkeys(d for _, d, _ in trained)
+           if "epochs" in dataset_train(params, d)}
+    plain = [e for _, d, e in trained if d not in own] or [e for *_, e in trained]
+    usual = max(dict.fromkeys(plain), key=plain.count)
+    by_epochs: dict = {}
+    for dataset, epochs in own.items():
+        if epochs != usual:
+            by_epochs.setdefault(epochs, []).append(dataset)
+    notes = [f"{e} on {', '.join(ds)}" for e, ds in by_epochs.items()]
+    for label, dataset, epochs in trained:
+        note = f"{epochs} for {label}"
+        if epochs != own.get(dataset, usual) and note not in notes:
+            notes.append(note)
+    return f"{usual} epochs" + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _legend(table: Table, partial: bool = False) -> str:
-    text = (f"{settings_line(table)} Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
+def _legend(params: dict, table: Table, partial: bool = False) -> str:
+    text = (f"{settings_line(params, table)} Seeds {table.seeds}; mean ± 95% CI half-width (Student t) over seeds, in %; "
             "n = seeds per cell; 'paper' = the published number.")
     if partial:
         text += f" A partial build: '{NOT_BUILT}' cells have runs still to train or evaluate (`{build_command(table)}`)."
@@ -100,8 +108,8 @@ def _notes(table: Table) -> list[str]:
     return [" ".join(note.split()) for note in table.decl.get("notes", [])]
 
 
-def render_markdown(table: Table, headers, blocks, claims=(), partial: bool = False) -> str:
-    lines = [f"# {table.ref}", "", table.caption, "", _legend(table, partial), ""]
+def render_markdown(table: Table, legend: str, headers, blocks, claims=()) -> str:
+    lines = [f"# {table.ref}", "", table.caption, "", legend, ""]
     for protocol, rows in blocks:
         lines += [f"## Protocol: {protocol} ({PROTOCOLS[protocol]})", "",
                   "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
@@ -113,13 +121,13 @@ def render_markdown(table: Table, headers, blocks, claims=(), partial: bool = Fa
     return "\n".join(lines)
 
 
-def render_html(table: Table, headers, blocks, claims=(), partial: bool = False) -> str:
+def render_html(table: Table, legend: str, headers, blocks, claims=()) -> str:
     """A self-contained page (the Snakemake report shows it inline)."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(table.ref)}</title><style>"
              "body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
              "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child"
              "{text-align:left}th{background:#f3f3f3}</style></head><body>",
-             f"<h2>{escape(table.ref)}</h2><p>{escape(table.caption)}</p><p><small>{escape(_legend(table, partial))}</small></p>"]
+             f"<h2>{escape(table.ref)}</h2><p>{escape(table.caption)}</p><p><small>{escape(legend)}</small></p>"]
     for protocol, rows in blocks:
         parts.append(f"<h3>Protocol: {escape(protocol)} ({escape(PROTOCOLS[protocol])})</h3><table><tr>"
                      + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>")
@@ -141,8 +149,9 @@ def build_table(params: dict, table: Table, partial: bool = False) -> tuple[str,
     writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(records)
-    return (render_markdown(table, headers, blocks, claims, partial), buf.getvalue(),
-            render_html(table, headers, blocks, claims, partial))
+    legend = _legend(params, table, partial)
+    return (render_markdown(table, legend, headers, blocks, claims), buf.getvalue(),
+            render_html(table, legend, headers, blocks, claims))
 
 
 def write_table(params: dict, table: Table, partial: bool = False) -> list[Path]:

@@ -49,16 +49,21 @@ def _cross_reference_problems(params: dict) -> list[str]:
 
 
 def _train_per_dataset_problems(params: dict) -> list[str]:
-    """A dataset's own training settings name a defined dataset and, over `train:`, still make a
-    valid schedule (e.g. its lr_milestones below its epochs)."""
+    """A dataset's own training settings name a defined dataset and, over `train:` and over each
+    method's own block, still make a valid schedule (e.g. its lr_milestones below its epochs)."""
     problems = []
     for name, overrides in (params.get("train_per_dataset") or {}).items():
         where = f"train_per_dataset.{name}"
         if name not in params["datasets"]:
             problems.append(f"{where}: {name!r} is not a params.yaml dataset (datasets: {', '.join(params['datasets'])})")
             continue
-        problems += [f"{where} (over train:): {p}"
-                     for p in _train_problems(train_settings({**params["train"], **overrides}))]
+        plain = _train_problems(train_settings({**params["train"], **overrides}))
+        problems += [f"{where} (over train:): {p}" for p in plain]
+        for method, entry in params["methods"].items():  # a method's own block may set what the dataset's does not
+            if entry.get("train") and entry.get("loss") != "none":
+                merged = train_settings({**params["train"], **entry["train"], **overrides})
+                problems += [f"{where} (over methods.{method}.train): {p}" for p in _train_problems(merged)
+                             if p not in plain]
     return problems
 
 
@@ -100,10 +105,11 @@ def _class_size_problems(params: dict) -> list[str]:
         counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv")
         if counts and min(counts.values()) < m:
             smallest = min(counts, key=counts.get)
+            where = f"train_per_dataset.{name}" if "m_per_class" in dataset_train(params, name) else "train"
             problems.append(
-                f"train.m_per_class: {m} is larger than the smallest training class of dataset {name!r} "
+                f"{where}.m_per_class: {m} is larger than the smallest training class of dataset {name!r} "
                 f"(class {smallest!r} has {counts[smallest]} images); lower it to at most {counts[smallest]} or "
-                "set train.sample_with_replacement: true")
+                f"set {where}.sample_with_replacement: true")
     return problems
 
 
