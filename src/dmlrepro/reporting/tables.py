@@ -80,8 +80,8 @@ def _epochs(params: dict, table: Table) -> str:
     "40 epochs (80 on glyphs_sop, glyphs_vehicleid; 60 for Proxy-Anchor)"."""
     trained = [(row.label, dataset, run.config["train"]["epochs"]) for row in table.rows
                for dataset, runs in row.runs.items() for run in runs if "epochs" in run.config["train"]]
-    own = {d: dataset_train(params, d)["epochs"] for d in dict.fromkeys(d for _, d, _ in trained)
-           if "epochs" in dataset_train(params, d)}
+    blocks = {d: dataset_train(params, d) for d in dict.fromkeys(d for _, d, _ in trained)}
+    own = {d: block["epochs"] for d, block in blocks.items() if "epochs" in block}
     plain = [e for _, d, e in trained if d not in own] or [e for *_, e in trained]
     usual = max(dict.fromkeys(plain), key=plain.count)
     by_epochs: dict = {}
