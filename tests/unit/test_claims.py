@@ -223,3 +223,23 @@ def test_the_pipeline_builds_the_claims_page_of_a_selected_table_with_claims(tmp
     assert stage["cmd"] == "dmlrepro claims --paper demo"
     assert set(stages.target_inputs(params, study.table("demo/small"))) <= set(stage["deps"])
     assert "src/dmlrepro/reporting/claims.py" in stage["deps"]
+
+
+def test_a_column_left_unbuilt_on_purpose_says_why_and_how(tmp_path):
+    decl = DECL.replace("  small:\n", "  small:\n    unbuilt: {glyphs: needs 9 h of CPU}\n")
+    params, study = _study(tmp_path, decl)
+    rows = _rows(study.table("demo/main"))
+    for label in ("Base", "Base + M", "Other", "Other + M"):
+        _write(params, rows[label], {0: 0.5, 1: 0.6, 2: 0.7})
+    _, results = write_claims_page(study, "demo")
+    small = next(r for r in results if r.claim.table == "small")
+    assert small.verdict_text() == ("not built: needs 9 h of CPU; to build it, "
+                                    "run `snakemake --cores all results/tables/demo/small.md`")
+    assert all(r.reason == "" for r in results if r.claim.table == "main")
+
+
+def test_unbuilt_must_name_a_dataset_of_the_table(tmp_path):
+    decl = DECL.replace("  small:\n", "  small:\n    unbuilt: {glyphs_sop: too slow}\n")
+    with pytest.raises(DmlReproError, match=r"tables.small unbuilt: 'glyphs_sop' is not a dataset of the "
+                                            r"table's columns \(glyphs\)"):
+        _study(tmp_path, decl)

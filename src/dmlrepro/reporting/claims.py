@@ -107,12 +107,15 @@ def build_command(table: Table) -> str:
 
 
 def paper_results(study: Study, paper: str) -> list[ClaimResult]:
-    """Every claim of every table of a paper; those whose runs are not evaluated say how to build them."""
+    """Every claim of every table of a paper; those whose runs are not evaluated say why, where the
+    table declares it (`unbuilt:`), and how to build them."""
     results = []
     for table in (t for t in study.tables.values() if t.paper == paper and t.claims):
         for result in table_results(study.params, table):
             if not result.built:
-                result.reason = f"run `{build_command(table)}`"
+                why = table.decl.get("unbuilt", {}).get(result.claim.column["dataset"])
+                how = f"run `{build_command(table)}`"
+                result.reason = f"{why}; to build it, {how}" if why else how
             results.append(result)
     return results
 

@@ -391,6 +391,11 @@ def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) 
             raise DmlReproError(f"{where}: dataset {col['dataset']!r} is not defined in params.yaml "
                                 f"(datasets: {', '.join(study.params['datasets'])})")
         _check_nmi(col["metric"], col.get("split", "test"), protocols, where)
+    declared = datasets + [c["stand_in"] for c in tdecl["columns"] if "stand_in" in c]  # (a moved column's too)
+    for dataset in tdecl.get("unbuilt", {}):
+        if dataset not in declared:
+            raise DmlReproError(f"{path} tables.{name} unbuilt: {dataset!r} is not a dataset of the table's columns "
+                                f"({', '.join(datasets)})")
     rows, problems = [], []
     for i, rdecl in enumerate(tdecl["rows"]):
         try:
