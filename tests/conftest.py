@@ -50,7 +50,9 @@ def tiny_params(methods=None, seeds=(0, 1)) -> dict:
     params["tables"] = [t for t in params["tables"] if t.startswith("baselines/")]  # methods' tables: own tests
     params["methods"] = {m: params["methods"][m] for m in methods or params["methods"]}
     # a method's and a dataset's own schedule are shrunk too; a method's own lr stays
-    for train in [m.get("train", {}) for m in params["methods"].values()] + list(params["train_per_dataset"].values()):
+    own_per_dataset = [b for m in params["methods"].values() for b in (m.get("train_per_dataset") or {}).values()]
+    for train in [m.get("train", {}) for m in params["methods"].values()] + list(params["train_per_dataset"].values()) \
+            + own_per_dataset:
         for key in ("epochs", "lr_milestones", "iterations_per_epoch", "batch_size", "m_per_class", "threads"):
             train.pop(key, None)
     return params

@@ -31,6 +31,12 @@ def generated_params_schema(current: dict) -> dict:
     per_dataset = copy.deepcopy(method["train"])
     del per_dataset["properties"]["threads"]
     schema["properties"]["train_per_dataset"]["additionalProperties"] = per_dataset
+    # a method's own settings on one dataset (a schedule only that method needs there)
+    method["train_per_dataset"] = {
+        "type": "object", "propertyNames": {"pattern": "^[a-z][a-z0-9_]*$"},
+        "description": "this method's own training settings on a dataset (dataset name -> train keys), over "
+                       "`train_per_dataset`: a schedule only this method needs there",
+        "additionalProperties": copy.deepcopy(per_dataset)}
     dataset = schema["$defs"]["dataset"]
     dataset["properties"]["kind"]["enum"] = DATASETS.names()
     dataset["allOf"] = [

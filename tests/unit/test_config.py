@@ -164,3 +164,8 @@ def test_m_per_class_above_the_smallest_prepared_class(params, tmp_path):
     validate_params(params)
     params["train_per_dataset"] = {"glyphs": {"m_per_class": 8, "batch_size": 16}}  # and the message names it
     assert "train_per_dataset.glyphs.m_per_class: 8 is larger than the smallest training class" in _error(params)
+    params["train_per_dataset"] = {"glyphs": {"m_per_class": 2, "batch_size": 16}}
+    params["methods"]["triplet"]["train_per_dataset"] = {"glyphs": {"m_per_class": 6, "batch_size": 18}}
+    msg = _error(params)  # a method's own block on the dataset is checked too, and named
+    assert "methods.triplet.train_per_dataset.glyphs.m_per_class: 6 is larger than the smallest" in msg
+    assert "train_per_dataset.glyphs.m_per_class: 2" not in msg

@@ -753,6 +753,58 @@ def test_a_datasets_own_train_settings_apply_to_its_runs_over_the_methods_and_be
     assert _run(params, dataset="large").features.hash == large.features.hash  # not of its features
 
 
+def test_a_methods_own_schedule_on_one_dataset_wins_there_and_changes_nothing_elsewhere(tmp_path):
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
+    params["methods"]["triplet"]["train"] = {"lr": 3.0e-3, "epochs": 60}
+    params["train_per_dataset"] = {"large": {"epochs": 80, "lr_milestones": [48, 64]}}
+    before = {d: _run(params, dataset=d) for d in ("glyphs", "large")}
+    other_method = _run(params, method="contrastive", dataset="large")
+    params["methods"]["triplet"]["train_per_dataset"] = {"large": {"epochs": 120, "lr_milestones": [72, 96]}}
+    large = _run(params, dataset="large")
+    # by hand: on large the method's own block (120, [72, 96]) over the dataset's (80) over the method's (60)
+    assert (large.config["train"]["epochs"], large.config["train"]["lr_milestones"]) == (120, [72, 96])
+    assert large.config["train"]["lr"] == 3.0e-3
+    assert large.hash != before["large"].hash and large.name == before["large"].name == "triplet"
+    assert _run(params, dataset="glyphs").hash == before["glyphs"].hash  # another dataset: untouched
+    assert _run(params, method="contrastive", dataset="large").hash == other_method.hash  # another method too
+    assert "train_per_dataset" not in large.config["method"]
+    assert _run(params, dataset="large", **{"train.epochs": 5, "train.lr_milestones": [3]}).config["train"]["epochs"] == 5
+
+
+def test_dvc_params_of_a_run_follow_its_methods_own_block_on_its_dataset(tmp_path):
+    from dmlrepro.study.dvc_yaml import _run_params
+
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
+    params["methods"]["triplet"]["train"] = {"epochs": 60, "lr": 3.0e-3}
+    params["train_per_dataset"] = {"large": {"epochs": 80, "lr_milestones": [48, 64]}}
+    params["methods"]["triplet"]["train_per_dataset"] = {"large": {"epochs": 120}}
+    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
+                "              {key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: T, method: triplet}]\n")
+    study = load_study(params)
+    row = study.table("demo/t").rows[0]
+    large_keys, small_keys = (_run_params(params, study, row.runs[d][0]) for d in ("large", "glyphs"))
+    assert "methods.triplet.train_per_dataset.large.epochs" in large_keys
+    assert "train_per_dataset.large.epochs" not in large_keys and "methods.triplet.train.epochs" not in large_keys
+    assert "train_per_dataset.large.lr_milestones" in large_keys and "methods.triplet.train.lr" in large_keys
+    assert not any("train_per_dataset" in k for k in small_keys) and "methods.triplet.train.epochs" in small_keys
+
+
+@pytest.mark.parametrize("own, expected", [
+    ({"nosuch": {"epochs": 80}}, "methods.triplet.train_per_dataset.nosuch: 'nosuch' is not a params.yaml dataset"),
+    ({"glyphs": {"epochz": 80}}, "unknown key methods.triplet.train_per_dataset.glyphs.epochz"),
+    ({"glyphs": {"epochs": 3}}, r"methods.triplet.train_per_dataset.glyphs: lr_milestones: epoch 3 is not below"),
+])
+def test_a_methods_own_block_on_a_dataset_is_checked_when_params_yaml_is_read(params, own, expected):
+    from dmlrepro.study.params import validate_params
+
+    params["train"]["lr_milestones"] = [3]
+    params["train"]["epochs"] = 4
+    params["methods"]["triplet"]["train_per_dataset"] = own
+    with pytest.raises(DmlReproError, match=expected):
+        validate_params(params)
+
+
 def test_dvc_params_of_a_run_follow_its_datasets_own_train_settings(tmp_path):
     from dmlrepro.study.dvc_yaml import _run_params
 

@@ -114,9 +114,9 @@ def test_the_legend_says_which_datasets_and_rows_train_for_another_number_of_epo
                 "    rows: [{label: T, method: triplet}, {label: N, method: npair}, {label: C, method: contrastive},\n"
                 "           {label: T9, method: triplet, overrides: {train.epochs: 9}}]\n")
     # by hand: on glyphs T and N train tiny_params' 2, C its own 3, T9 its declared 9; on large every
-    # row trains the dataset's 5 but T9, whose declaration wins (9)
+    # row trains the dataset's 5 but T9, whose declaration wins (9): C's 3 holds on glyphs only
     line = settings_line(params, load_study(params).table("demo/t"))
-    assert "; 2 epochs (5 on large; 3 for C; 9 for T9) of 3 iterations," in line
+    assert "; 2 epochs (5 on large; 3 for C on glyphs; 9 for T9) of 3 iterations," in line
     params["train_per_dataset"] = {}
     assert "; 2 epochs (3 for C; 9 for T9) of 3 iterations," in settings_line(params, load_study(params).table("demo/t"))
     params["train"]["epochs"] = 3  # most runs (C's and T9's are few): the usual value is the runs', not params.yaml's alone
@@ -254,3 +254,18 @@ def test_a_partial_table_marks_the_cells_and_claims_still_to_build(tmp_path):
     assert len(claims) == 2  # one per column
     assert "not built" in next(c for c in claims if "glyphs_sop" in c or "SOP" in c)
     assert "not built" not in next(c for c in claims if "SOP" not in c)
+
+
+def test_the_legend_names_a_methods_own_schedule_on_one_dataset(tmp_path):
+    from dmlrepro.reporting.tables import settings_line
+
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
+    params["methods"]["contrastive"]["train"] = {"epochs": 3}
+    params["methods"]["contrastive"]["train_per_dataset"] = {"large": {"epochs": 7}}
+    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
+                "              {key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: T, method: triplet}, {label: C, method: contrastive}]\n")
+    # by hand: T trains tiny_params' 2 on both; C its own 3 on glyphs and its own 7 on large
+    line = settings_line(params, load_study(params).table("demo/t"))
+    assert "; 2 epochs (3 for C on glyphs; 7 for C on large) of 3 iterations," in line
+

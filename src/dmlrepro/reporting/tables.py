@@ -76,8 +76,8 @@ def settings_line(params: dict, table: Table) -> str:
 
 def _epochs(params: dict, table: Table) -> str:
     """The schedule's length: the usual one, then the datasets with their own (train_per_dataset) and
-    the rows that differ from their dataset's (a method's own block, a declared override):
-    "40 epochs (80 on glyphs_sop, glyphs_vehicleid; 60 for Proxy-Anchor)"."""
+    the rows that differ from their dataset's (a method's own block, on every dataset or on some, a
+    declared override): "40 epochs (80 on glyphs_sop; 60 for Proxy-Anchor; 120 for SGAR on glyphs_inshop)"."""
     trained = [(row.label, dataset, run.config["train"]["epochs"]) for row in table.rows
                for dataset, runs in row.runs.items() for run in runs if "epochs" in run.config["train"]]
     blocks = {d: dataset_train(params, d) for d in dict.fromkeys(d for _, d, _ in trained)}
@@ -89,10 +89,16 @@ def _epochs(params: dict, table: Table) -> str:
         if epochs != usual:
             by_epochs.setdefault(epochs, []).append(dataset)
     notes = [f"{e} on {', '.join(ds)}" for e, ds in by_epochs.items()]
+    # the rows that differ: "E for ROW", "... on DATASETS" when the row trains E on some datasets only
+    differs: dict = {}
     for label, dataset, epochs in trained:
-        note = f"{epochs} for {label}"
-        if epochs != own.get(dataset, usual) and note not in notes:
-            notes.append(note)
+        if epochs != own.get(dataset, usual):
+            differs.setdefault(label, {}).setdefault(epochs, {})[dataset] = None
+    datasets_of = {label: {d for lab, d, _ in trained if lab == label} for label in differs}
+    for label, by in differs.items():
+        for epochs, on in by.items():
+            where = "" if set(on) == datasets_of[label] else f" on {', '.join(on)}"
+            notes.append(f"{epochs} for {label}{where}")
     return f"{usual} epochs" + (f" ({'; '.join(notes)})" if notes else "")
 
 

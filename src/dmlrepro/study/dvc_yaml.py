@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from .declarations import Study
-from .runs import NON_SEMANTIC, TRAINING_FREE_LOSSES, Run, dataset_train, flatten, ks_source
+from .runs import NON_SEMANTIC, TRAINING_FREE_LOSSES, Run, dataset_train, flatten, ks_source, method_dataset_train
 from .stages import (STAGES, claims_inputs, claims_outputs, claims_papers, run_files, run_input,
                      selected_outputs, stage_modules, target_inputs, target_outputs)
 
@@ -50,19 +50,22 @@ def _run_params(params: Mapping[str, Any], study: Study, run: Run) -> list:
 
     method = dict(params["methods"][run.method])
     own_train = method.pop("train", {})  # the method's own train settings replace params.yaml's
+    method.pop("train_per_dataset", None)
     keys: list = ["regime", *open_(flatten(params["backbone"]), "backbone.", "backbone."),
                   *(open_([k.split(".", 1)[1] for k in _semantic_keys(params, "finetune")], "finetune.", "finetune.")
                     if run.finetuned else []),
                   *([f"weights.{run.backbone}"] if run.backbone in (params.get("weights") or {}) else []),
                   *open_(flatten(method), "method.", f"methods.{run.method}.")]
     if run.config["method"].get("loss") not in TRAINING_FREE_LOSSES:
-        own_dataset = dataset_train(params, run.dataset)
-        train_keys = [k.split(".", 1)[1] for k in _semantic_keys(params, "train")]
-        keys += open_([k for k in train_keys if k not in own_train and k not in own_dataset], "train.", "train.")
-        keys += open_([k for k in own_train if k not in NON_SEMANTIC["train"] and k not in own_dataset], "train.",
-                      f"methods.{run.method}.train.")
-        keys += open_([k for k in own_dataset if k not in NON_SEMANTIC["train"]], "train.",
-                      f"train_per_dataset.{run.dataset}.")
+        # each train key follows the most specific block that sets it (listed from the least specific)
+        blocks = [([k.split(".", 1)[1] for k in _semantic_keys(params, "train")], "train."),
+                  (own_train, f"methods.{run.method}.train."),
+                  (dataset_train(params, run.dataset), f"train_per_dataset.{run.dataset}."),
+                  (method_dataset_train(params, run.method, run.dataset),
+                   f"methods.{run.method}.train_per_dataset.{run.dataset}.")]
+        for i, (block, prefix) in enumerate(blocks):
+            overridden = {k for later, _ in blocks[i + 1:] for k in later}
+            keys += open_([k for k in block if k not in NON_SEMANTIC["train"] and k not in overridden], "train.", prefix)
     keys += open_(["test_every_epoch"] if "test_every_epoch" in params["evaluation"] else [],
                   "evaluation.", "evaluation.")
     keys += _ks_params(params, run)

@@ -13,7 +13,7 @@ import yaml
 from ..config import DEFAULT_PARAMS, describe, schema, schema_problems
 from ..errors import DmlReproError
 from ..paths import dataset_dir
-from .runs import dataset_train
+from .runs import dataset_train, method_dataset_train
 from .settings import TrainSettings, section_settings
 
 
@@ -49,8 +49,9 @@ def _cross_reference_problems(params: dict) -> list[str]:
 
 
 def _train_per_dataset_problems(params: dict) -> list[str]:
-    """A dataset's own training settings name a defined dataset and, over `train:` and over each
-    method's own block, still make a valid schedule (e.g. its lr_milestones below its epochs)."""
+    """A dataset's own training settings, and a method's own on a dataset, name a defined dataset
+    and, over `train:` and over each method's own block, still make a valid schedule (e.g. its
+    lr_milestones below its epochs)."""
     problems = []
     for name, overrides in (params.get("train_per_dataset") or {}).items():
         where = f"train_per_dataset.{name}"
@@ -61,9 +62,18 @@ def _train_per_dataset_problems(params: dict) -> list[str]:
         problems += [f"{where} (over train:): {p}" for p in plain]
         for method, entry in params["methods"].items():  # a method's own block may set what the dataset's does not
             if entry.get("train") and entry.get("loss") != "none":
-                merged = train_settings({**params["train"], **entry["train"], **overrides})
+                merged = train_settings({**params["train"], **entry["train"], **dataset_train(params, name, method)})
                 problems += [f"{where} (over methods.{method}.train): {p}" for p in _train_problems(merged)
                              if p not in plain]
+    for method, entry in params["methods"].items():
+        for name in entry.get("train_per_dataset") or {}:
+            where = f"methods.{method}.train_per_dataset.{name}"
+            if name not in params["datasets"]:
+                problems.append(f"{where}: {name!r} is not a params.yaml dataset "
+                                f"(datasets: {', '.join(params['datasets'])})")
+                continue
+            merged = train_settings({**params["train"], **entry.get("train", {}), **dataset_train(params, name, method)})
+            problems += [f"{where}: {p}" for p in _train_problems(merged)]
     return problems
 
 
@@ -85,7 +95,7 @@ def _method_build_problems(params: dict) -> list[str]:
     for name, method in params["methods"].items():
         if method.get("loss") == "none":
             continue
-        method = {k: v for k, v in method.items() if k != "train"}  # its training settings: not the loss's
+        method = {k: v for k, v in method.items() if k not in ("train", "train_per_dataset")}  # not the loss's
         try:
             build_criterion(method, num_classes=2, embedding_dim=params["train"]["embedding_dim"], name=name)
         except DmlReproError as exc:
@@ -98,19 +108,25 @@ def _class_size_problems(params: dict) -> list[str]:
     exists; the sampler refuses it at train time otherwise)."""
     problems = []
     for name in params["datasets"]:
-        train = train_settings({**params["train"], **dataset_train(params, name)})
-        m = train.m_per_class
-        if train.sample_with_replacement:
-            continue
-        counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv")
-        if counts and min(counts.values()) < m:
-            smallest = min(counts, key=counts.get)
-            where = f"train_per_dataset.{name}" if "m_per_class" in dataset_train(params, name) else "train"
-            problems.append(
-                f"{where}.m_per_class: {m} is larger than the smallest training class of dataset {name!r} "
-                f"(class {smallest!r} has {counts[smallest]} images); lower it to at most {counts[smallest]} or "
-                f"set {where}.sample_with_replacement: true")
-    return problems
+        # the dataset's block, then each method's own on it (a block of its own may sample differently)
+        blocks = [(f"train_per_dataset.{name}", dataset_train(params, name))]
+        blocks += [(f"methods.{m}.train_per_dataset.{name}", own)
+                   for m in params["methods"] if (own := method_dataset_train(params, m, name))]
+        counts = None
+        for where, own in blocks:
+            train = train_settings({**params["train"], **blocks[0][1], **own})
+            if train.sample_with_replacement:
+                continue
+            counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv") if counts is None else counts
+            if counts and min(counts.values()) < train.m_per_class:
+                smallest = min(counts, key=counts.get)
+                if "m_per_class" not in own:  # named where the value comes from
+                    where = blocks[0][0] if "m_per_class" in blocks[0][1] else "train"
+                problems.append(
+                    f"{where}.m_per_class: {train.m_per_class} is larger than the smallest training class of dataset "
+                    f"{name!r} (class {smallest!r} has {counts[smallest]} images); lower it to at most "
+                    f"{counts[smallest]} or set {where}.sample_with_replacement: true")
+    return list(dict.fromkeys(problems))
 
 
 def _train_class_sizes(manifest: Path) -> dict[str, int]:

@@ -153,6 +153,7 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
                             f"(defined under methods: {', '.join(params['methods'])})")
     method_cfg = _with_wrapper_defaults(dict(params["methods"][method]), method)
     method_train = method_cfg.pop("train", {})  # a method's own training settings (its tuned lr)
+    method_cfg.pop("train_per_dataset", None)  # (a dataset's run only takes its own dataset's block)
     return copy.deepcopy({
         "dataset": dataset,
         "data": params["datasets"][dataset],
@@ -162,14 +163,24 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
         "finetune": params.get("finetune", {}),
         "method": {"name": method, **method_cfg},
         # then the dataset's own (the schedule its size needs to converge): over the method's, whose lr stays
-        "train": {**params["train"], **method_train, **dataset_train(params, dataset)},
+        "train": {**params["train"], **method_train, **dataset_train(params, dataset, method)},
         "evaluation": {"ks": dataset_ks(params, dataset)},
     })
 
 
-def dataset_train(params: Mapping[str, Any], dataset: str) -> dict:
-    """A dataset's own training settings (params.yaml's `train_per_dataset`); {} when it has none."""
-    return dict((params.get("train_per_dataset") or {}).get(dataset) or {})
+def dataset_train(params: Mapping[str, Any], dataset: str, method: str | None = None) -> dict:
+    """A dataset's own training settings (params.yaml's `train_per_dataset`), then, given a method,
+    that method's own on the dataset (`methods.<m>.train_per_dataset`: a schedule only one method
+    needs there); {} when there are none."""
+    own = dict((params.get("train_per_dataset") or {}).get(dataset) or {})
+    if method is not None:
+        own.update(method_dataset_train(params, method, dataset))
+    return own
+
+
+def method_dataset_train(params: Mapping[str, Any], method: str, dataset: str) -> dict:
+    """A method's own training settings on one dataset (`methods.<m>.train_per_dataset.<d>`)."""
+    return dict((params["methods"][method].get("train_per_dataset") or {}).get(dataset) or {})
 
 
 def _with_wrapper_defaults(method_cfg: dict, method: str) -> dict:
