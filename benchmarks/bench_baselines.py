@@ -13,6 +13,8 @@ grid, all on seed 0 and the features params.yaml builds (prepared and extracted 
 3. **convergence**: the chosen configuration on the schedule and on the doubled schedule. The
    acceptance of the baselines issue: validation R@1 has plateaued (the last three epochs within
    0.3 points) and doubling the schedule changes the best validation R@1 by less than 0.5 points.
+   Checking the doubled schedule next (``--epochs 2E`` after ``--epochs E``, same --out) reuses
+   the previous check's doubled run instead of training it again.
 
     python benchmarks/bench_baselines.py                 # ~25 minutes on 2 cores
     python benchmarks/bench_baselines.py --stage convergence --epochs 20
@@ -66,6 +68,14 @@ def _train(job: tuple) -> dict:
             "best_epoch": 1 + val.index(max(val)), "last3_spread": round(max(val[-3:]) - min(val[-3:]), 2),
             "embedding_norm": [e.get("embedding_norm") for e in history["epochs"]],
             "seconds": round(time.time() - t0, 1)}
+
+
+def _as_single(method: str, overrides: dict, previous: dict) -> dict:
+    """A previous check's doubled run, as this check's single-schedule result."""
+    val = previous["doubled_curve"]
+    return {"method": method, "overrides": overrides, "val_r1": val, "best": previous["doubled_best"],
+            "best_epoch": previous["doubled_best_epoch"], "last3_spread": round(max(val[-3:]) - min(val[-3:]), 2),
+            "reused": True}
 
 
 def _run_all(params: dict, dataset: str, jobs: list, workers: int) -> list:
@@ -154,14 +164,23 @@ def main() -> None:
             # a method the lr/settings stages did not choose for runs at params.yaml's own settings
             settings = {m: {k: v for k, v in chosen.get(m, {}).items() if k not in schedule(1)}
                         for m in args.methods}
-            jobs = [(m, {**schedule(e), **settings[m]})
-                    for m in args.methods for e in (args.epochs, 2 * args.epochs)]
-            print(f"stage convergence: {args.epochs} and {2 * args.epochs} epochs", flush=True)
-            results = _run_all(params, args.dataset, jobs, args.workers)
-            key = f"{args.epochs} epochs" + ("" if args.dataset == "glyphs" else f", {args.dataset}")
+            suffix = "" if args.dataset == "glyphs" else f", {args.dataset}"
+            # the single schedule is the doubled run of the check at half of it, when that ran at the
+            # same settings (training is deterministic): reused, not trained again
+            previous = report.get("convergence", {}).get(f"{args.epochs // 2} epochs{suffix}", {})
+            reused = {m: _as_single(m, {**schedule(args.epochs), **settings[m]}, previous[m])
+                      for m in args.methods if args.epochs % 2 == 0 and m in previous
+                      and {k: v for k, v in previous[m]["chosen"].items() if k not in schedule(1)} == settings[m]}
+            jobs = [(m, {**schedule(e), **settings[m]}) for m in args.methods
+                    for e in (args.epochs, 2 * args.epochs) if not (e == args.epochs and m in reused)]
+            print(f"stage convergence: {args.epochs} and {2 * args.epochs} epochs"
+                  + (f" ({', '.join(reused)} at {args.epochs}: the doubled run of the previous check)" if reused else ""),
+                  flush=True)
+            results = list(reused.values()) + _run_all(params, args.dataset, jobs, args.workers)
+            key = f"{args.epochs} epochs{suffix}"
             convergence = report.setdefault("convergence", {})[key] = {}
             for m in args.methods:
-                single, double = [r for r in results if r["method"] == m]
+                single, double = sorted((r for r in results if r["method"] == m), key=lambda r: r["overrides"]["train.epochs"])
                 convergence[m] = {
                     "chosen": chosen.get(m, {}), "best": single["best"], "best_epoch": single["best_epoch"],
                     "last3_spread": single["last3_spread"], "plateaued": single["last3_spread"] <= 0.3,
