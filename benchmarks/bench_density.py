@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from dmlrepro.methods import build_criterion
+from dmlrepro.study.runs import criterion_config
 from dmlrepro.training.heads import EmbeddingHead
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def main() -> None:
     data = batches(20)
     results = {}
     for name in ("contrastive", "npair", "triplet"):
-        results[name] = bench({k: v for k, v in methods[name].items() if k != "train"}, args.steps, data)
+        results[name] = bench(criterion_config(methods[name]), args.steps, data)
         for part in ("step", "loss_only"):
             print(f"{name:12s} {part:9s}" + "".join(
                 f"  {clock} {r['base_ms']:6.2f} -> {r['da_ms']:6.2f} ms (x{r['ratio']:.3f})"

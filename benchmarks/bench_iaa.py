@@ -42,6 +42,7 @@ import yaml
 
 from dmlrepro.methods import build_criterion
 from dmlrepro.methods.iaa import class_moments, neighbor_correction
+from dmlrepro.study.runs import criterion_config
 from dmlrepro.training.heads import EmbeddingHead
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def bench_step(methods: dict, steps: int) -> dict:
     torch.manual_seed(0)
     setups = {}
     for kind, name in (("ms", "multi_similarity"), ("ms_iaa", "multi_similarity_iaa")):
-        cfg = {k: v for k, v in methods[name].items() if k != "train"}
+        cfg = criterion_config(methods[name])
         head = EmbeddingHead(IN_DIM, DIM)
         crit = build_criterion(cfg, STEP_CLASSES, DIM, name=name)
         with torch.no_grad():
@@ -163,7 +164,7 @@ def sop_embeddings(g: torch.Generator):
 def bench_refresh(methods: dict, repeats: int) -> dict:
     g = torch.Generator().manual_seed(1)
     z, y, counts = sop_embeddings(g)
-    cfg = {k: v for k, v in methods["multi_similarity_iaa"].items() if k != "train"}
+    cfg = criterion_config(methods["multi_similarity_iaa"])
     torch.manual_seed(0)
     crit = build_criterion(cfg, SOP_CLASSES, DIM, name="multi_similarity_iaa")
     head = EmbeddingHead(IN_DIM, DIM)

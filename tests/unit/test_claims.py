@@ -233,7 +233,7 @@ def test_a_column_left_unbuilt_on_purpose_says_why_and_how(tmp_path):
         _write(params, rows[label], {0: 0.5, 1: 0.6, 2: 0.7})
     _, results = write_claims_page(study, "demo")
     small = next(r for r in results if r.claim.table == "small")
-    assert small.verdict_text() == ("not built: needs 9 h of CPU; to build it, "
+    assert small.verdict_text() == ("not built: needs 9 h of CPU. To build it, "
                                     "run `snakemake --cores all results/tables/demo/small.md`")
     assert all(r.reason == "" for r in results if r.claim.table == "main")
 
@@ -243,3 +243,10 @@ def test_unbuilt_must_name_a_dataset_of_the_table(tmp_path):
     with pytest.raises(DmlReproError, match=r"tables.small unbuilt: 'glyphs_sop' is not a dataset of the "
                                             r"table's columns \(glyphs\)"):
         _study(tmp_path, decl)
+    # a column's real benchmark names it too, whether or not its root is set on this machine
+    decl = DECL.replace("{key: cub, dataset: glyphs, as: CUB-200-2011,", "{key: cub, dataset: glyphs, as: CUB-200-2011, "
+                        "real: large,").replace("  main:\n", "  main:\n    unbuilt: {large: too slow}\n")
+    (tmp_path / "real").mkdir()
+    params = study_params(tmp_path / "real", datasets=("glyphs", "large"))  # large: no root, the column stays
+    write_paper(params, decl)
+    assert load_study(params).table("demo/main").decl["unbuilt"] == {"large": "too slow"}

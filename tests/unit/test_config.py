@@ -168,4 +168,14 @@ def test_m_per_class_above_the_smallest_prepared_class(params, tmp_path):
     params["methods"]["triplet"]["train_per_dataset"] = {"glyphs": {"m_per_class": 6, "batch_size": 18}}
     msg = _error(params)  # a method's own block on the dataset is checked too, and named
     assert "methods.triplet.train_per_dataset.glyphs.m_per_class: 6 is larger than the smallest" in msg
-    assert "train_per_dataset.glyphs.m_per_class: 2" not in msg
+    assert msg.count("is larger than the smallest") == 1  # the dataset's 2 fits class B's 3
+    del params["methods"]["triplet"]["train_per_dataset"]
+    params["train_per_dataset"] = {"glyphs": {"m_per_class": 8, "batch_size": 16}}
+    params["methods"]["triplet"]["train"] = {"sample_with_replacement": True}  # the method's own sampling...
+    msg = _error(params)
+    assert "train_per_dataset.glyphs.m_per_class: 8" in msg  # ...spares its runs, not the others'
+    params["methods"] = {"frozen": params["methods"]["frozen"], "triplet": params["methods"]["triplet"]}
+    validate_params(params)  # triplet samples with replacement, frozen trains nothing: nothing to refuse
+    params["train_per_dataset"] = {}
+    params["methods"]["triplet"]["train"] = {"m_per_class": 5, "batch_size": 20}  # a method's own block too
+    assert "methods.triplet.train.m_per_class: 5 is larger than the smallest training class" in _error(params)

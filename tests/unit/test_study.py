@@ -780,14 +780,23 @@ def test_dvc_params_of_a_run_follow_its_methods_own_block_on_its_dataset(tmp_pat
     params["methods"]["triplet"]["train_per_dataset"] = {"large": {"epochs": 120}}
     write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
                 "              {key: b, dataset: large, metric: recall@1}]\n"
-                "    rows: [{label: T, method: triplet}]\n")
+                "    rows: [{label: T, method: triplet}]\n"
+                "  c:\n    columns: [{key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: C, method: contrastive}]\n"
+                "  d:\n    columns: [{key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: T5, method: triplet, overrides: {train.epochs: 5, train.lr_milestones: [3]}}]\n")
     study = load_study(params)
     row = study.table("demo/t").rows[0]
     large_keys, small_keys = (_run_params(params, study, row.runs[d][0]) for d in ("large", "glyphs"))
     assert "methods.triplet.train_per_dataset.large.epochs" in large_keys
-    assert "train_per_dataset.large.epochs" not in large_keys and "methods.triplet.train.epochs" not in large_keys
+    assert not {"train_per_dataset.large.epochs", "methods.triplet.train.epochs", "train.epochs"} & set(large_keys)
     assert "train_per_dataset.large.lr_milestones" in large_keys and "methods.triplet.train.lr" in large_keys
     assert not any("train_per_dataset" in k for k in small_keys) and "methods.triplet.train.epochs" in small_keys
+    contrastive = load_study(params).table("demo/c").rows[0].runs["large"][0]  # another method on large
+    keys = _run_params(params, study, contrastive)
+    assert "train_per_dataset.large.epochs" in keys and not any(k.startswith("methods.triplet") for k in keys)
+    declared = load_study(params).table("demo/d").rows[0].runs["large"][0]  # a declaration's epochs win
+    assert not any(k.endswith(".epochs") for k in _run_params(params, study, declared))
 
 
 @pytest.mark.parametrize("own, expected", [
@@ -802,6 +811,22 @@ def test_a_methods_own_block_on_a_dataset_is_checked_when_params_yaml_is_read(pa
     params["train"]["epochs"] = 4
     params["methods"]["triplet"]["train_per_dataset"] = own
     with pytest.raises(DmlReproError, match=expected):
+        validate_params(params)
+
+
+def test_a_methods_own_block_problem_is_named_once_at_that_block(params):
+    from dmlrepro.study.params import validate_params
+
+    params["train"].update({"epochs": 10, "lr_milestones": [6, 8]})
+    params["methods"]["triplet"]["train_per_dataset"] = {"glyphs": {"lr_milestones": [20]}}
+    with pytest.raises(DmlReproError) as info:
+        validate_params(params)
+    lines = [l for l in str(info.value).splitlines() if "lr_milestones" in l]
+    assert lines == ["  - methods.triplet.train_per_dataset.glyphs: lr_milestones: epoch 20 is not below epochs (10)"]
+    params["methods"]["triplet"]["train_per_dataset"] = {}
+    params["methods"]["frozen"]["train_per_dataset"] = {"glyphs": {"epochs": 3}}
+    with pytest.raises(DmlReproError, match=r"methods.frozen.train_per_dataset.glyphs: method 'frozen' trains "
+                                            r"nothing \(loss: none\); remove its train_per_dataset"):
         validate_params(params)
 
 

@@ -269,3 +269,17 @@ def test_the_legend_names_a_methods_own_schedule_on_one_dataset(tmp_path):
     line = settings_line(params, load_study(params).table("demo/t"))
     assert "; 2 epochs (3 for C on glyphs; 7 for C on large) of 3 iterations," in line
 
+
+
+def test_the_legend_names_no_dataset_schedule_that_no_run_trains(tmp_path):
+    from dmlrepro.reporting.tables import settings_line
+
+    params = study_params(tmp_path, datasets=("glyphs", "large"))
+    params["train_per_dataset"] = {"large": {"epochs": 5}}
+    params["methods"]["triplet"]["train_per_dataset"] = {"large": {"epochs": 7}}
+    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
+                "              {key: b, dataset: large, metric: recall@1}]\n"
+                "    rows: [{label: T, method: triplet}]\n")
+    # by hand: T trains 2 on glyphs and its own 7 on large; nothing on the table trains large's 5
+    line = settings_line(params, load_study(params).table("demo/t"))
+    assert "; 2 epochs (7 for T on large) of 3 iterations," in line

@@ -44,6 +44,7 @@ class ClaimResult:
     protocol: str
     differences: dict[int, float] | None = None  # seed -> ours (points); None when not built
     reason: str = ""  # why it is not built
+    runs_missing: bool = True  # (when not built) because runs are not evaluated, not a declaration's fault
 
     @property
     def built(self) -> bool:
@@ -94,7 +95,8 @@ def paired(params: dict, claim: Claim, protocol: str) -> ClaimResult:
         base = dict.fromkeys(method, next(iter(base.values())))
     seeds = sorted(set(base) & set(method))
     if not seeds:
-        return ClaimResult(claim, protocol, reason=f"the two rows share no seed ({sorted(base)} vs {sorted(method)})")
+        return ClaimResult(claim, protocol, reason=f"the two rows share no seed ({sorted(base)} vs {sorted(method)})",
+                           runs_missing=False)
     return ClaimResult(claim, protocol, {s: 100 * (method[s] - base[s]) for s in seeds})
 
 
@@ -112,10 +114,11 @@ def paper_results(study: Study, paper: str) -> list[ClaimResult]:
     results = []
     for table in (t for t in study.tables.values() if t.paper == paper and t.claims):
         for result in table_results(study.params, table):
-            if not result.built:
+            if not result.built and result.runs_missing:  # the column's declared reason, if any (the
+                # stand-in's on the stand-in, the benchmark's on real data), and the command
                 why = table.decl.get("unbuilt", {}).get(result.claim.column["dataset"])
                 how = f"run `{build_command(table)}`"
-                result.reason = f"{why}; to build it, {how}" if why else how
+                result.reason = f"{why}. To build it, {how}" if why else how
             results.append(result)
     return results
 

@@ -81,7 +81,8 @@ def _epochs(params: dict, table: Table) -> str:
     trained = [(row.label, dataset, run.config["train"]["epochs"]) for row in table.rows
                for dataset, runs in row.runs.items() for run in runs if "epochs" in run.config["train"]]
     blocks = {d: dataset_train(params, d) for d in dict.fromkeys(d for _, d, _ in trained)}
-    own = {d: block["epochs"] for d, block in blocks.items() if "epochs" in block}
+    own = {d: block["epochs"] for d, block in blocks.items()  # (a dataset's schedule some run there trains)
+           if "epochs" in block and any(e == block["epochs"] for _, on, e in trained if on == d)}
     plain = [e for _, d, e in trained if d not in own] or [e for *_, e in trained]
     usual = max(dict.fromkeys(plain), key=plain.count)
     by_epochs: dict = {}

@@ -391,11 +391,12 @@ def _expand_table(study: Study, paper: str, name: str, tdecl: dict, path: Path) 
             raise DmlReproError(f"{where}: dataset {col['dataset']!r} is not defined in params.yaml "
                                 f"(datasets: {', '.join(study.params['datasets'])})")
         _check_nmi(col["metric"], col.get("split", "test"), protocols, where)
-    declared = datasets + [c["stand_in"] for c in tdecl["columns"] if "stand_in" in c]  # (a moved column's too)
+    # a column's stand-in and real benchmark both name it, whichever it runs on on this machine
+    named = list(dict.fromkeys(n for c in tdecl["columns"] for n in (c["dataset"], c.get("stand_in"), c.get("real")) if n))
     for dataset in tdecl.get("unbuilt", {}):
-        if dataset not in declared:
+        if dataset not in named:
             raise DmlReproError(f"{path} tables.{name} unbuilt: {dataset!r} is not a dataset of the table's columns "
-                                f"({', '.join(datasets)})")
+                                f"({', '.join(named)})")
     rows, problems = [], []
     for i, rdecl in enumerate(tdecl["rows"]):
         try:

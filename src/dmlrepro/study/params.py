@@ -13,7 +13,7 @@ import yaml
 from ..config import DEFAULT_PARAMS, describe, schema, schema_problems
 from ..errors import DmlReproError
 from ..paths import dataset_dir
-from .runs import dataset_train, method_dataset_train
+from .runs import criterion_config, dataset_train, method_dataset_train
 from .settings import TrainSettings, section_settings
 
 
@@ -51,29 +51,33 @@ def _cross_reference_problems(params: dict) -> list[str]:
 def _train_per_dataset_problems(params: dict) -> list[str]:
     """A dataset's own training settings, and a method's own on a dataset, name a defined dataset
     and, over `train:` and over each method's own block, still make a valid schedule (e.g. its
-    lr_milestones below its epochs)."""
+    lr_milestones below its epochs); each problem is named at the block that brings it."""
     problems = []
+    datasets = ", ".join(params["datasets"])
     for name, overrides in (params.get("train_per_dataset") or {}).items():
         where = f"train_per_dataset.{name}"
         if name not in params["datasets"]:
-            problems.append(f"{where}: {name!r} is not a params.yaml dataset (datasets: {', '.join(params['datasets'])})")
+            problems.append(f"{where}: {name!r} is not a params.yaml dataset (datasets: {datasets})")
             continue
         plain = _train_problems(train_settings({**params["train"], **overrides}))
         problems += [f"{where} (over train:): {p}" for p in plain]
         for method, entry in params["methods"].items():  # a method's own block may set what the dataset's does not
             if entry.get("train") and entry.get("loss") != "none":
-                merged = train_settings({**params["train"], **entry["train"], **dataset_train(params, name, method)})
+                merged = train_settings({**params["train"], **entry["train"], **overrides})
                 problems += [f"{where} (over methods.{method}.train): {p}" for p in _train_problems(merged)
                              if p not in plain]
     for method, entry in params["methods"].items():
         for name in entry.get("train_per_dataset") or {}:
             where = f"methods.{method}.train_per_dataset.{name}"
-            if name not in params["datasets"]:
-                problems.append(f"{where}: {name!r} is not a params.yaml dataset "
-                                f"(datasets: {', '.join(params['datasets'])})")
-                continue
-            merged = train_settings({**params["train"], **entry.get("train", {}), **dataset_train(params, name, method)})
-            problems += [f"{where}: {p}" for p in _train_problems(merged)]
+            if entry.get("loss") == "none":
+                problems.append(f"{where}: method {method!r} trains nothing (loss: none); remove its train_per_dataset")
+            elif name not in params["datasets"]:
+                problems.append(f"{where}: {name!r} is not a params.yaml dataset (datasets: {datasets})")
+            else:  # only what the method's block brings: the dataset's own problems are named above
+                below = _train_problems(train_settings({**params["train"], **entry.get("train", {}),
+                                                        **dataset_train(params, name)}))
+                merged = train_settings({**params["train"], **entry.get("train", {}), **dataset_train(params, name, method)})
+                problems += [f"{where}: {p}" for p in _train_problems(merged) if p not in below]
     return problems
 
 
@@ -95,7 +99,7 @@ def _method_build_problems(params: dict) -> list[str]:
     for name, method in params["methods"].items():
         if method.get("loss") == "none":
             continue
-        method = {k: v for k, v in method.items() if k not in ("train", "train_per_dataset")}  # not the loss's
+        method = criterion_config(method)
         try:
             build_criterion(method, num_classes=2, embedding_dim=params["train"]["embedding_dim"], name=name)
         except DmlReproError as exc:
@@ -105,23 +109,25 @@ def _method_build_problems(params: dict) -> list[str]:
 
 def _class_size_problems(params: dict) -> list[str]:
     """m_per_class above the smallest training class of a prepared dataset (checked when its manifest
-    exists; the sampler refuses it at train time otherwise)."""
+    exists; the sampler refuses it at train time otherwise), for each method that trains, with its
+    own blocks (`train:`, and on the dataset), named at the block that sets it."""
     problems = []
     for name in params["datasets"]:
-        # the dataset's block, then each method's own on it (a block of its own may sample differently)
-        blocks = [(f"train_per_dataset.{name}", dataset_train(params, name))]
-        blocks += [(f"methods.{m}.train_per_dataset.{name}", own)
-                   for m in params["methods"] if (own := method_dataset_train(params, m, name))]
+        on_dataset = dataset_train(params, name)
         counts = None
-        for where, own in blocks:
-            train = train_settings({**params["train"], **blocks[0][1], **own})
+        for method, entry in params["methods"].items():  # each method that trains, with its own blocks
+            if entry.get("loss") == "none":
+                continue
+            own, own_on_dataset = entry.get("train") or {}, method_dataset_train(params, method, name)
+            train = train_settings({**params["train"], **own, **on_dataset, **own_on_dataset})
             if train.sample_with_replacement:
                 continue
             counts = _train_class_sizes(dataset_dir(params, name) / "manifest.csv") if counts is None else counts
             if counts and min(counts.values()) < train.m_per_class:
                 smallest = min(counts, key=counts.get)
-                if "m_per_class" not in own:  # named where the value comes from
-                    where = blocks[0][0] if "m_per_class" in blocks[0][1] else "train"
+                blocks = [(f"methods.{method}.train_per_dataset.{name}", own_on_dataset),
+                          (f"train_per_dataset.{name}", on_dataset), (f"methods.{method}.train", own)]
+                where = next((w for w, block in blocks if "m_per_class" in block), "train")  # the block that sets it
                 problems.append(
                     f"{where}.m_per_class: {train.m_per_class} is larger than the smallest training class of dataset "
                     f"{name!r} (class {smallest!r} has {counts[smallest]} images); lower it to at most "

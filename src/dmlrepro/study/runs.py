@@ -178,6 +178,12 @@ def dataset_train(params: Mapping[str, Any], dataset: str, method: str | None = 
     return own
 
 
+def criterion_config(method_entry: Mapping[str, Any]) -> dict:
+    """A params.yaml method entry without its training blocks (`train`, `train_per_dataset`): the
+    loss, miner and wrappers that build_criterion takes."""
+    return {k: v for k, v in method_entry.items() if k not in ("train", "train_per_dataset")}
+
+
 def method_dataset_train(params: Mapping[str, Any], method: str, dataset: str) -> dict:
     """A method's own training settings on one dataset (`methods.<m>.train_per_dataset.<d>`)."""
     return dict((params["methods"][method].get("train_per_dataset") or {}).get(dataset) or {})
