@@ -256,30 +256,29 @@ def test_a_partial_table_marks_the_cells_and_claims_still_to_build(tmp_path):
     assert "not built" not in next(c for c in claims if "SOP" not in c)
 
 
-def test_the_legend_names_a_methods_own_schedule_on_one_dataset(tmp_path):
+def _legend_over_two_datasets(params, rows: str) -> str:
+    """The settings line of a table with the given rows over glyphs and large."""
     from dmlrepro.reporting.tables import settings_line
 
+    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
+                "              {key: b, dataset: large, metric: recall@1}]\n"
+                f"    rows: {rows}\n")
+    return settings_line(params, load_study(params).table("demo/t"))
+
+
+def test_the_legend_names_a_methods_own_schedule_on_one_dataset(tmp_path):
     params = study_params(tmp_path, datasets=("glyphs", "large"))
     params["methods"]["contrastive"]["train"] = {"epochs": 3}
     params["methods"]["contrastive"]["train_per_dataset"] = {"large": {"epochs": 7}}
-    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
-                "              {key: b, dataset: large, metric: recall@1}]\n"
-                "    rows: [{label: T, method: triplet}, {label: C, method: contrastive}]\n")
+    line = _legend_over_two_datasets(params, "[{label: T, method: triplet}, {label: C, method: contrastive}]")
     # by hand: T trains tiny_params' 2 on both; C its own 3 on glyphs and its own 7 on large
-    line = settings_line(params, load_study(params).table("demo/t"))
     assert "; 2 epochs (3 for C on glyphs; 7 for C on large) of 3 iterations," in line
 
 
-
 def test_the_legend_names_no_dataset_schedule_that_no_run_trains(tmp_path):
-    from dmlrepro.reporting.tables import settings_line
-
     params = study_params(tmp_path, datasets=("glyphs", "large"))
     params["train_per_dataset"] = {"large": {"epochs": 5}}
     params["methods"]["triplet"]["train_per_dataset"] = {"large": {"epochs": 7}}
-    write_paper(params, "tables:\n  t:\n    columns: [{key: a, dataset: glyphs, metric: recall@1},\n"
-                "              {key: b, dataset: large, metric: recall@1}]\n"
-                "    rows: [{label: T, method: triplet}]\n")
+    line = _legend_over_two_datasets(params, "[{label: T, method: triplet}]")
     # by hand: T trains 2 on glyphs and its own 7 on large; nothing on the table trains large's 5
-    line = settings_line(params, load_study(params).table("demo/t"))
     assert "; 2 epochs (7 for T on large) of 3 iterations," in line
