@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import yaml
 
 from .declarations import Study
-from .runs import NON_SEMANTIC, TRAINING_FREE_LOSSES, Run, dataset_train, flatten, ks_source, method_dataset_train
+from .runs import (NON_SEMANTIC, TRAINING_FREE_LOSSES, Run, criterion_config, dataset_train, flatten, ks_source,
+                   method_dataset_train)
 from .stages import (STAGES, claims_inputs, claims_outputs, claims_papers, run_files, run_input,
                      selected_outputs, stage_modules, target_inputs, target_outputs)
 
@@ -48,9 +49,8 @@ def _run_params(params: Mapping[str, Any], study: Study, run: Run) -> list:
     def open_(keys, run_prefix, params_prefix):
         return [f"{params_prefix}{k}" for k in keys if f"{run_prefix}{k}" not in run.declared]
 
-    method = dict(params["methods"][run.method])
-    own_train = method.pop("train", {})  # the method's own train settings replace params.yaml's
-    method.pop("train_per_dataset", None)
+    own_train = params["methods"][run.method].get("train", {})  # the method's own train settings replace params.yaml's
+    method = criterion_config(params["methods"][run.method])
     keys: list = ["regime", *open_(flatten(params["backbone"]), "backbone.", "backbone."),
                   *(open_([k.split(".", 1)[1] for k in _semantic_keys(params, "finetune")], "finetune.", "finetune.")
                     if run.finetuned else []),

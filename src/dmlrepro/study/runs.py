@@ -151,9 +151,8 @@ def default_config(params: Mapping[str, Any], dataset: str, method: str) -> dict
     if method not in params["methods"]:
         raise DmlReproError(f"method {method!r} is not defined in params.yaml "
                             f"(defined under methods: {', '.join(params['methods'])})")
-    method_cfg = _with_wrapper_defaults(dict(params["methods"][method]), method)
-    method_train = method_cfg.pop("train", {})  # a method's own training settings (its tuned lr)
-    method_cfg.pop("train_per_dataset", None)  # (a dataset's run only takes its own dataset's block)
+    method_cfg = _with_wrapper_defaults(criterion_config(params["methods"][method]), method)
+    method_train = params["methods"][method].get("train", {})  # a method's own training settings (its tuned lr)
     return copy.deepcopy({
         "dataset": dataset,
         "data": params["datasets"][dataset],
