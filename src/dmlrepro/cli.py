@@ -217,7 +217,11 @@ def cmd_dvc_commit(params: dict, args) -> None:
     if not Path("dvc.yaml").is_file() or Path("dvc.yaml").read_text("utf-8") != render_dvc_yaml(_study(params)):
         raise DmlReproError("dvc.yaml does not match params.yaml and the declarations, so DVC would record other "
                             "stages; run `dmlrepro dvc-yaml`, then `dvc commit --force`")
-    stages = [] if args.all else _built_stages(params)  # [] when every stage is built: one fast call
+    stages, unrecordable = ([], []) if args.all else _built_stages(params)  # [] when all are built: one fast call
+    if unrecordable:
+        print(f"dmlrepro: {len(unrecordable)} stage(s) have their outputs but not all their inputs (e.g. committed "
+              f"metrics whose model is not in this clone), so DVC cannot record them: {_listed(unrecordable)}; "
+              "`make pull` fetches what the DVC remote holds")
     if stages is None:
         print("nothing dvc.yaml versions is built yet (a target outside params.yaml's `tables:`/`figures:`, "
               "which DVC does not version: add it there and run `dmlrepro dvc-yaml` to version it)")
@@ -225,7 +229,8 @@ def cmd_dvc_commit(params: dict, args) -> None:
     # DVC re-links the files it caches, which renews their modification times; Snakemake would then
     # see features newer than models and rerun everything, so the times are put back.
     times = _modification_times(Path(params["paths"]["data"]), Path("results"))
-    result = subprocess.run(["dvc", "commit", "--force", "--quiet", *stages], capture_output=True, text=True)
+    # not --quiet: it silences DVC's own error message too
+    result = subprocess.run(["dvc", "commit", "--force", *stages], capture_output=True, text=True)
     for path, (atime, mtime) in times.items():
         try:
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
@@ -246,20 +251,26 @@ def _modification_times(*roots: Path) -> dict:
     return times
 
 
-def _built_stages(params: dict) -> list[str] | None:
-    """The dvc.yaml stages whose outputs all exist (a partial Snakemake build records only those)."""
+def _built_stages(params: dict) -> tuple[list[str] | None, list[str]]:
+    """The dvc.yaml stages DVC can record after a (possibly partial) Snakemake build: those whose outputs
+    and inputs all exist. Second, those with outputs but a missing input, which `dvc commit` refuses: an
+    evaluation whose metrics came with the repository while its model did not."""
     import yaml
 
     stages = yaml.safe_load(Path("dvc.yaml").read_text("utf-8"))["stages"]
-    built = []
+    built, unrecordable = [], []
     for name, stage in stages.items():
         outs = [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics") for o in stage.get(key, [])]
         if all(Path(o).exists() for o in outs):
-            built.append(name)
+            (built if all(Path(d).exists() for d in stage.get("deps", [])) else unrecordable).append(name)
     if not built:
-        return None
+        return None, unrecordable
     # DVC handles named targets one by one (about a second each); all of them is one call
-    return [] if len(built) == len(stages) else built
+    return ([] if len(built) == len(stages) else built), unrecordable
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def cmd_share(params: dict, args) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dmlrepro import atomic, readers, sharing
 from dmlrepro.errors import DmlReproError
@@ -144,3 +145,26 @@ def test_an_unexpected_error_keeps_its_traceback_and_says_where_to_report_it(mon
     err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: an internal fault" in err
     assert err.rstrip().endswith("(under Snakemake it is in the job's log)") and "report it" in err
+
+
+def test_dvc_commit_records_only_stages_whose_inputs_and_outputs_exist(tmp_path, monkeypatch):
+    """After a partial build in a clone whose metrics came with git but whose models did not, `dvc
+    commit` refuses an evaluation stage (a missing dependency) and records nothing: such a stage is
+    left out, and named."""
+    from dmlrepro.cli import _built_stages
+
+    monkeypatch.chdir(tmp_path)
+    for f in ("code.py", "features.npz", "metrics.json", "model.pt"):
+        (tmp_path / f).write_text("x")
+    stages = {
+        "extract": {"deps": ["code.py"], "outs": ["features.npz"]},
+        "train": {"deps": ["features.npz"], "outs": ["model.pt"]},
+        "evaluate": {"deps": ["model.pt", "missing_history.json"], "metrics": [{"metrics.json": {"cache": False}}]},
+        "table": {"deps": ["metrics.json"], "outs": ["table.md"]},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    assert _built_stages({}) == (["extract", "train"], ["evaluate"])
+    (tmp_path / "model.pt").unlink()
+    assert _built_stages({}) == (["extract"], ["evaluate"])
+    (tmp_path / "features.npz").unlink()
+    assert _built_stages({}) == (None, ["evaluate"])
