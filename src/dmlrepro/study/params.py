@@ -5,6 +5,8 @@ resolves (section_problems).
 """
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -162,20 +164,26 @@ def _train_problems(train: TrainSettings) -> list[str]:
     return problems
 
 
-def section_problems(run_cfg: dict) -> list[str]:
-    """Check a resolved run configuration (after presets and overrides) against the same schema."""
+@functools.lru_cache(maxsize=None)
+def _schema_problems(section: str, value_json: str) -> tuple[str, ...]:
+    """One section of a run's configuration against its part of the schema. Memoised on the value:
+    a study's hundreds of runs share a few distinct sections, and jsonschema is slow."""
     import jsonschema
 
+    full = schema()
+    fragment = {"$ref": "#/$defs/method"} if section == "method" else full["properties"][section]
+    sub = {**fragment, "$defs": full["$defs"]}
+    return tuple(f"{section}.{describe(e)}" if e.absolute_path else f"{section}: {describe(e)}"
+                 for e in jsonschema.Draft202012Validator(sub).iter_errors(json.loads(value_json)))
+
+
+def section_problems(run_cfg: dict) -> list[str]:
+    """Check a resolved run configuration (after presets and overrides) against the same schema."""
     from .runs import TRAINING_FREE_LOSSES
 
-    full = schema()
     problems = []
     training_free = run_cfg["method"].get("loss") in TRAINING_FREE_LOSSES
-    for section, fragment in (("backbone", full["properties"]["backbone"]), ("regime", full["properties"]["regime"]),
-                              ("extract", full["properties"]["extract"]), ("finetune", full["properties"]["finetune"]),
-                              ("train", full["properties"]["train"]),
-                              ("evaluation", full["properties"]["evaluation"]),
-                              ("method", {"$ref": "#/$defs/method"})):
+    for section in ("backbone", "regime", "extract", "finetune", "train", "evaluation", "method"):
         if section not in run_cfg:  # each regime has its own settings section (extract or finetune)
             continue
         value = run_cfg[section]
@@ -183,9 +191,7 @@ def section_problems(run_cfg: dict) -> list[str]:
             continue
         if section == "method":
             value = {k: v for k, v in value.items() if k != "name"}
-        sub = {**fragment, "$defs": full["$defs"]}
-        for e in jsonschema.Draft202012Validator(sub).iter_errors(value):
-            problems.append(f"{section}.{describe(e)}" if e.absolute_path else f"{section}: {describe(e)}")
+        problems += _schema_problems(section, json.dumps(value))
     if not problems and not training_free:
         problems += [f"train.{p}" for p in _train_problems(train_settings(run_cfg["train"]))]
         from ..methods import method_problems

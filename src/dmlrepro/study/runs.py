@@ -82,7 +82,7 @@ def semantic(cfg: Mapping[str, Any]) -> dict:
         if isinstance(value, Mapping):
             drop = NON_SEMANTIC.get(section, set())
             value = {k: v for k, v in value.items() if k not in drop}
-        out[section] = _normal_numbers(copy.deepcopy(value))
+        out[section] = _normal_numbers(value)  # new containers throughout; the leaves are immutable
     backbone = out.get("backbone")
     if isinstance(backbone, dict) and backbone.get("weights"):
         backbone["weights"] = PurePath(str(backbone["weights"])).name
@@ -241,8 +241,8 @@ class FeatureSet:
     def path(self, params: Mapping[str, Any]) -> Path:
         return Path(params["paths"]["features"]) / self.dataset / f"{self.name}.npz"
 
-    @property
-    def hash(self) -> str:
+    @cached_property
+    def hash(self) -> str:  # a run's configuration is never changed after it is resolved
         return config_hash(self.config)
 
 
@@ -280,8 +280,8 @@ class Run:
     def id(self) -> str:
         return f"{self.dataset}/{self.backbone}/{self.name}/seed{self.seed}"
 
-    @property
-    def hash(self) -> str:
+    @cached_property
+    def hash(self) -> str:  # a run's configuration is never changed after it is resolved
         return config_hash(self.config)
 
     def dir(self, params: Mapping[str, Any]) -> Path:
