@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("schema", cmd_schema, "regenerate params.schema.json's enums from the registries")
     p.add_argument("--check", action="store_true", help="fail if the schema file is stale instead of writing it")
     p = add("dvc-commit", cmd_dvc_commit, "record a Snakemake build in dvc.lock (the Snakefile's onsuccess does)")
-    p.add_argument("--all", action="store_true", help="commit every stage, not only those whose outputs exist")
+    p.add_argument("--all", action="store_true", help="commit every stage, not only those whose outputs and inputs exist")
     for name, text in (("push", "upload the datasets, features and models dvc.lock records to the DVC remote"),
                        ("pull", "fetch, md5-check, then check out what dvc.lock records (nothing changes on failure)")):
         add(name, cmd_share, text).add_argument("--remote", help="a DVC remote's name (default: the default remote)")

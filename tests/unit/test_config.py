@@ -120,6 +120,20 @@ def test_section_problems_of_a_resolved_run(params):
     assert problem.startswith("method: ") and "marign" in problem and "margin" in problem
 
 
+def test_section_problems_name_a_value_json_cannot_stand_for(params):
+    """The schema check is memoised on a section's JSON text; a YAML date (not JSON) and a tuple
+    (JSON writes it as a list) are checked as they are, so the problem still names them, also after
+    the same section was checked as JSON."""
+    import datetime
+
+    good = resolve_run(params, "glyphs", "triplet", 0).config
+    assert section_problems(good) == []
+    dated = {**good, "train": {**good["train"], "lr": datetime.date(2024, 1, 1)}}
+    assert "train.lr: datetime.date(2024, 1, 1) is not of type 'number'" in section_problems(dated)
+    tupled = {**good, "train": {**good["train"], "lr_milestones": tuple(good["train"]["lr_milestones"])}}
+    assert any(p.startswith("train.lr_milestones: (") and "is not of type 'array'" in p for p in section_problems(tupled))
+
+
 def test_artefact_paths(params):
     md, csv, html = table_paths(params, "p", "t")
     assert (str(md), str(csv), str(html)) == ("results/tables/p/t.md", "results/tables/p/t.csv", "results/tables/p/t.html")

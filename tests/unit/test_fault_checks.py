@@ -162,8 +162,14 @@ def test_dvc_commit_records_only_stages_whose_inputs_and_outputs_exist(tmp_path,
         "evaluate": {"deps": ["model.pt", "missing_history.json"], "metrics": [{"metrics.json": {"cache": False}}]},
         "table": {"deps": ["metrics.json"], "outs": ["table.md"]},
     }
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     assert _built_stages({}) == (["extract", "train"], ["evaluate"])
+    (tmp_path / "table.md").write_text("x")  # every stage has its outputs, one lacks an input: named, not "all"
+    assert _built_stages({}) == (["extract", "train", "table"], ["evaluate"])
+    (tmp_path / "missing_history.json").write_text("x")
+    assert _built_stages({}) == ([], [])  # all of them: one call without names
+    (tmp_path / "missing_history.json").unlink()
+    (tmp_path / "table.md").unlink()
     (tmp_path / "model.pt").unlink()
     assert _built_stages({}) == (["extract"], ["evaluate"])
     (tmp_path / "features.npz").unlink()

@@ -180,6 +180,10 @@ def test_hash_is_a_function_of_the_semantic_config(params):
     assert config_hash(shuffled) == run.hash == config_hash(copy.deepcopy(run.config))
     assert "threads" not in semantic(run.config)["train"] and "batch_size" not in semantic(run.config)["extract"]
     assert semantic({"backbone": {"name": "x", "weights": "/a/b/w.pth"}})["backbone"]["weights"] == "w.pth"
+    cfg = {"backbone": {"name": "x", "weights": "/a/b/w.pth"}, "train": {"lr_milestones": [24.0, 32]}}
+    out = semantic(cfg)
+    out["train"]["lr_milestones"].append(1)
+    assert cfg == {"backbone": {"name": "x", "weights": "/a/b/w.pth"}, "train": {"lr_milestones": [24.0, 32]}}
 
 
 # ---------------------------------------------------------------------------------------------

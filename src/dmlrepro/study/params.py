@@ -164,17 +164,31 @@ def _train_problems(train: TrainSettings) -> list[str]:
     return problems
 
 
-@functools.lru_cache(maxsize=None)
-def _schema_problems(section: str, value_json: str) -> tuple[str, ...]:
-    """One section of a run's configuration against its part of the schema. Memoised on the value:
-    a study's hundreds of runs share a few distinct sections, and jsonschema is slow."""
+def _schema_problems(section: str, value: Any) -> tuple[str, ...]:
+    """One section of a run's configuration against its part of the schema."""
     import jsonschema
 
     full = schema()
     fragment = {"$ref": "#/$defs/method"} if section == "method" else full["properties"][section]
     sub = {**fragment, "$defs": full["$defs"]}
     return tuple(f"{section}.{describe(e)}" if e.absolute_path else f"{section}: {describe(e)}"
-                 for e in jsonschema.Draft202012Validator(sub).iter_errors(json.loads(value_json)))
+                 for e in jsonschema.Draft202012Validator(sub).iter_errors(value))
+
+
+@functools.lru_cache(maxsize=None)
+def _memoised_schema_problems(section: str, value_json: str) -> tuple[str, ...]:
+    # a study's hundreds of runs share a few distinct sections, and jsonschema is slow
+    return _schema_problems(section, json.loads(value_json))
+
+
+def _section_schema_problems(section: str, value: Any) -> tuple[str, ...]:
+    """Memoised on the value's JSON text where that text stands for the value exactly (a YAML date,
+    a tuple from code: checked as they are, so the problem names them)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return _schema_problems(section, value)
+    return _memoised_schema_problems(section, text) if json.loads(text) == value else _schema_problems(section, value)
 
 
 def section_problems(run_cfg: dict) -> list[str]:
@@ -191,7 +205,7 @@ def section_problems(run_cfg: dict) -> list[str]:
             continue
         if section == "method":
             value = {k: v for k, v in value.items() if k != "name"}
-        problems += _schema_problems(section, json.dumps(value))
+        problems += _section_schema_problems(section, value)
     if not problems and not training_free:
         problems += [f"train.{p}" for p in _train_problems(train_settings(run_cfg["train"]))]
         from ..methods import method_problems

@@ -242,7 +242,7 @@ class FeatureSet:
         return Path(params["paths"]["features"]) / self.dataset / f"{self.name}.npz"
 
     @cached_property
-    def hash(self) -> str:  # a run's configuration is never changed after it is resolved
+    def hash(self) -> str:  # a feature set's configuration is never changed after it is resolved
         return config_hash(self.config)
 
 
