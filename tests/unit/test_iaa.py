@@ -16,7 +16,7 @@ import torch
 
 from dmlrepro.errors import DmlReproError
 from dmlrepro.methods import build_criterion
-from dmlrepro.study.runs import RunPaths
+from dmlrepro.study.runs import RunPaths, criterion_config
 from dmlrepro.methods.iaa import (
     IntraClassAugmenter,
     class_moments,
@@ -869,8 +869,8 @@ def test_triplet_iaa_of_params_yaml_is_eq_19_over_originals_and_synthetics(varia
     from conftest import REPO
 
     methods = yaml.safe_load((REPO / "params.yaml").read_text())["methods"]
-    cfg = {k: v for k, v in methods["triplet_iaa"].items() if k != "train"}
-    assert {k: v for k, v in cfg.items() if k != "augmenter"} == methods["triplet_hardest"]
+    cfg = criterion_config(methods["triplet_iaa"])
+    assert {k: v for k, v in cfg.items() if k != "augmenter"} == criterion_config(methods["triplet_hardest"])
     cfg["augmenter"] = {"iaa": {**cfg["augmenter"]["iaa"], "variant": variant, "start": 0.0}}
     z, y = clustered(4, 10, 8, spread=1.0, seed=12)
     crit = build_criterion(cfg, 4, 8, name="triplet_iaa")

@@ -14,6 +14,7 @@ import yaml
 from dmlrepro.errors import DmlReproError
 from dmlrepro.training.heads import EmbeddingHead
 from dmlrepro.methods import LOSSES, MINERS, Criterion, CriterionWrapper, allowed_args, build_criterion
+from dmlrepro.study.runs import criterion_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DT = torch.float64
@@ -427,7 +428,7 @@ def test_params_yaml_methods_build():
     for name, method in cfg["methods"].items():
         if method.get("loss") == "none":
             continue
-        method = {k: v for k, v in method.items() if k != "train"}  # its own training settings
+        method = criterion_config(method)  # without its own training blocks
         crit = build_criterion(method, 10, cfg["train"]["embedding_dim"], name=name)
         assert isinstance(crit, (Criterion, CriterionWrapper))
         built += 1
