@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dmlrepro.study import load_study  # noqa: E402
 from dmlrepro.study.params import load_params  # noqa: E402
+from table_costs import table_runs  # noqa: E402  (this script's folder is on sys.path)
 
 
 def committed(revision: str, path: Path) -> dict | None:
@@ -49,9 +49,7 @@ def main() -> None:
     os.chdir(ROOT)  # params.yaml's paths are relative to the checkout
 
     params = load_params(ROOT / "params.yaml")
-    study = load_study(params)
-    runs = {run.id: run for table in args.table for row in study.table(table).rows
-            for run in row.runs.get(args.dataset, [])}
+    runs = {rid: run for table in args.table for rid, run in table_runs(params, table).get(args.dataset, {}).items()}
     gains = []
     print(f"{'run':58} {'epochs':>9} {'best ep':>9} {'val R@1':>15} {'gain':>6} {'test R@1':>15}")
     for key in sorted(runs):
